@@ -1,0 +1,66 @@
+"""Command line: ``sockact serve | check-config | print-config | units | lab``.
+
+Only this module ends the process: every other module raises
+:class:`sockact.errors.SockactError`, which is mapped here to its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sockact import __version__
+from sockact.errors import EXIT_INTERNAL, SockactError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole argument parser; each subcommand module adds its own part."""
+    from sockact import lab, serve_cli, units
+
+    parser = argparse.ArgumentParser(
+        prog="sockact",
+        description=(
+            "Zero-downtime WSGI instances under systemd: warm up, then listen, "
+            "then READY=1; drain on stop."
+        ),
+        epilog="Exit codes: 0 ok, 1 internal error, 2 bad input, 3 app failed, "
+        "4 address problem, 130 forced stop. See README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"sockact {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cli.add_subcommands(sub)
+    units.add_subcommand(sub)
+    lab.add_subcommand(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command, and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SockactError as exc:
+        print(f"sockact: error: {exc.message}", file=sys.stderr)
+        for line in exc.details:
+            print(f"sockact: error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort, keep one line for operators
+        print(f"sockact: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        import traceback
+
+        traceback.print_exc()
+        return EXIT_INTERNAL
+    return code
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,49 @@
+"""Errors that end a sockact command, each with the exit code scripts can rely on.
+
+Library code raises these; only :mod:`sockact.cli` turns them into an exit.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_APP_FAILED = 3
+EXIT_ADDRESS = 4
+EXIT_FORCED = 130
+
+
+class SockactError(Exception):
+    """Base class: a failure with a one-line message and an exit code."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str, *, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: further lines (one problem each) printed after the message
+        self.details = details or []
+
+
+class BadInput(SockactError):
+    """Config, flags, unit names or inventory values are wrong (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class AppFailed(SockactError):
+    """The app factory or its warm-up failed or timed out (exit 3)."""
+
+    exit_code = EXIT_APP_FAILED
+
+
+class AddressError(SockactError):
+    """A port cannot be had: taken, not shareable, or not inherited (exit 4)."""
+
+    exit_code = EXIT_ADDRESS
+
+
+class ForcedExit(SockactError):
+    """A second stop signal arrived during the drain (exit 130)."""
+
+    exit_code = EXIT_FORCED
