@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - last resort, keep one line for operators
+    except Exception as exc:
         print(f"sockact: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         import traceback
 

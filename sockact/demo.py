@@ -1,0 +1,66 @@
+"""The demo app: a Flask API with a warm-up, for trying sockact and for its tests.
+
+Environment: ``SOCKACT_DEMO_WARMUP`` (seconds the warm-up takes, default 1),
+``SOCKACT_DEMO_VERSION`` (the release it reports, default ``dev``),
+``SOCKACT_DEMO_FAIL`` (when ``1``, the warm-up raises: a broken release)::
+
+    sockact serve --app sockact.demo:create_app --warmup sockact.demo:warmup --instance 1
+    curl localhost:8080/          # {"instance": 1, "pid": ..., "version": "dev"}
+    curl 'localhost:8080/slow?ms=2000'
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask, jsonify, request
+from flask.typing import ResponseReturnValue
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} = {raw!r} is not a number") from None
+
+
+def create_app() -> Flask:
+    """Build the demo app (cheap); :func:`warmup` does the slow part."""
+    app = Flask("sockact.demo")
+    app.config["VERSION"] = os.environ.get("SOCKACT_DEMO_VERSION", "dev")
+    app.config["INSTANCE"] = int(os.environ.get("SOCKACT_INSTANCE", "0") or 0)
+    app.config["WARM"] = False
+
+    @app.get("/")
+    def index() -> ResponseReturnValue:
+        return jsonify(
+            instance=app.config["INSTANCE"],
+            pid=os.getpid(),
+            version=app.config["VERSION"],
+            warm=app.config["WARM"],
+        )
+
+    @app.get("/slow")
+    def slow() -> ResponseReturnValue:
+        try:
+            ms = int(request.args.get("ms", "1000"))
+        except ValueError:
+            return jsonify(error="ms must be an integer"), 400
+        if not 0 <= ms <= 600_000:
+            return jsonify(error="ms must be between 0 and 600000"), 400
+        time.sleep(ms / 1000)
+        return jsonify(instance=app.config["INSTANCE"], pid=os.getpid(), slept_ms=ms)
+
+    return app
+
+
+def warmup(app: Flask) -> None:
+    """Stands in for loading caches: sleeps SOCKACT_DEMO_WARMUP seconds (default 1)."""
+    seconds = _env_float("SOCKACT_DEMO_WARMUP", 1.0)
+    if os.environ.get("SOCKACT_DEMO_FAIL") == "1":
+        time.sleep(min(seconds, 1.0))
+        raise RuntimeError("SOCKACT_DEMO_FAIL=1: this release's warm-up fails on purpose")
+    time.sleep(seconds)
+    app.config["WARM"] = True

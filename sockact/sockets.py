@@ -1,0 +1,90 @@
+"""The main listener: inherited from systemd by name, or bound here with SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from sockact.errors import AddressError
+from sockact.systemd import inherited_sockets
+
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+@dataclass
+class Listener:
+    sock: socket.socket
+    inherited: bool
+    #: human-readable origin, for logs and STATUS=
+    origin: str
+
+
+def find_inherited(name: str) -> socket.socket | None:
+    """The socket systemd passed under ``name``, or the only one it passed; else None."""
+    found = inherited_sockets()
+    if not found:
+        return None
+    if name in found:
+        chosen = found.pop(name)
+    elif len(found) == 1:
+        chosen = found.popitem()[1]
+    else:
+        names = ", ".join(sorted(found))
+        for sock in found.values():
+            sock.close()
+        raise AddressError(
+            f"systemd passed {len(found)} sockets ({names}) and none is named {name!r}; "
+            "set socket_name or FileDescriptorName="
+        )
+    for sock in found.values():
+        sock.close()
+    if chosen.type != socket.SOCK_STREAM:
+        raise AddressError(f"inherited socket {name!r} is not a stream socket")
+    return chosen
+
+
+def migrate_req() -> int | None:
+    """net.ipv4.tcp_migrate_req of this network namespace; None when the kernel lacks it."""
+    try:
+        return int(MIGRATE_REQ.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+def bind_reuseport(host: str, port: int, backlog: int | None) -> socket.socket:
+    """Bind ``host:port`` with SO_REUSEPORT; listen when ``backlog`` is given.
+
+    With ``backlog=None`` this is a dry run that checks the port can be shared (used before
+    the warm-up, so a taken port fails in a second and not after a long warm-up): a bound
+    socket that does not listen receives no connections.
+    """
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if backlog is not None:
+            sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressError(
+                f"port {host}:{port} is held by a socket without SO_REUSEPORT or by another "
+                "user: instances must share one UID and all set SO_REUSEPORT"
+            ) from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise AddressError(f"cannot bind {host}:{port}: no such local address") from exc
+        if exc.errno == errno.EACCES:
+            raise AddressError(f"cannot bind {host}:{port}: permission denied") from exc
+        raise AddressError(f"cannot bind {host}:{port}: {exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock

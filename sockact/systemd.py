@@ -1,0 +1,80 @@
+"""The systemd edge: sd_notify, inherited sockets, watchdog and journald, via systemd-python.
+
+Everything here is silent outside systemd: with no NOTIFY_SOCKET, :func:`notify` does
+nothing, so ``sockact serve`` runs the same by hand, under systemd, or under
+``systemd-socket-activate``::
+
+    systemd-socket-activate -l 8080 --fdname=http sockact serve --app sockact.demo:create_app \
+        --instance 1 --listen inherit
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+from systemd import daemon
+
+
+def notify(*lines: str) -> bool:
+    """Send ``lines`` (e.g. ``"READY=1"``, ``"STATUS=serving"``) to systemd in one datagram.
+
+    Returns False when there is no NOTIFY_SOCKET (not under systemd) or sending failed.
+    """
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return False
+    return bool(daemon.notify("\n".join(lines)))
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not asked.
+
+    Like sd_watchdog_enabled(), WATCHDOG_PID must be ours when it is set.
+    """
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid and pid != str(os.getpid()):
+        return None
+    return int(usec) / 2_000_000
+
+
+def inherited_sockets() -> dict[str, socket.socket]:
+    """Listening sockets passed by systemd (LISTEN_FDS), by FileDescriptorName.
+
+    Trusted only when LISTEN_PID is ours (as gunicorn and sd_listen_fds do). Unnamed fds
+    are called ``unknown``. The LISTEN_* variables are removed so children do not inherit
+    them.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    pairs = daemon.listen_fds_with_names(unset_environment=True)
+    found: dict[str, socket.socket] = {}
+    for fd, name in pairs.items():
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        found[name or "unknown"] = sock
+    return found
+
+
+def journal_is_stderr() -> bool:
+    """True when stderr is connected to journald (JOURNAL_STREAM names its dev:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if ":" not in stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+def journal_handler(**fields: str) -> logging.Handler:
+    """A logging handler writing structured entries to journald, with extra ``fields``."""
+    from systemd.journal import JournalHandler
+
+    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="sockact", **fields)
+    return handler
