@@ -169,6 +169,8 @@ class Host:
     nspawn_pid: int
     root: Path
     key: Path
+    #: inode of the host's network namespace; identifies it, as indices are reused
+    netns_inode: int = 0
 
     @property
     def gateway(self) -> str:
@@ -242,6 +244,7 @@ class Host:
                 nspawn_pid=int(data["nspawn_pid"]),
                 root=Path(data["root"]),
                 key=Path(data["key"]),
+                netns_inode=int(data.get("netns_inode", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SockactError(f"lab: bad host entry in state file: {exc!r}") from exc
@@ -364,6 +367,30 @@ def _nspawn_pids_under(directory: Path) -> list[int]:
         for a, b in itertools.pairwise(args):
             if a == "-D" and b.startswith(prefix):
                 pids.append(int(entry))
+    return pids
+
+
+def _netns_inode(name: str) -> int:
+    """Inode of the named network namespace, 0 if it does not exist."""
+    try:
+        return os.stat(NETNS_DIR / name).st_ino
+    except FileNotFoundError:
+        return 0
+
+
+def _pids_in_netns(inode: int) -> list[int]:
+    """Processes whose network namespace has inode ``inode`` (a lab host's processes)."""
+    pids: list[int] = []
+    if inode == 0:
+        return pids
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                pids.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
     return pids
 
 
@@ -542,6 +569,7 @@ class Lab:
             self._write_state(hosts)
             for h in hosts:
                 self._make_netns(h)
+                self._write_state(hosts)
         for h in hosts:
             self._prepare_root(h)
             say(f"{h.name}: overlay ready at {h.root}")
@@ -565,6 +593,7 @@ class Lab:
         outer, inner = veth_names(h.index)
         gw = gateway_address(h.index)
         _sh("ip", "netns", "add", h.netns)
+        h.netns_inode = _netns_inode(h.netns)
         _sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
         _sh("ip", "link", "set", inner, "netns", h.netns)
         _sh("ip", "addr", "add", f"{gw}/24", "dev", outer)
@@ -771,10 +800,19 @@ class Lab:
             else:
                 self._kill_nspawn(h.nspawn_pid, say)
         self._forget_proc(h.nspawn_pid)
+        # only touch the netns if it is still the one this host made (indices are reused)
+        ours = h.netns_inode != 0 and _netns_inode(h.netns) == h.netns_inode
+        if ours:
+            self._kill_netns_processes(h, say)
         base = self.host_dir(h.name)
+        if h.root in [Path(m) for m in _mounts_under(h.root)]:
+            # nspawn's lock on the image dir, left behind when nspawn was killed
+            st = os.stat(h.root)
+            Path(f"/run/systemd/nspawn/locks/inode-{st.st_dev}:{st.st_ino}").unlink(missing_ok=True)
         for mnt in _mounts_under(base):
             self._umount(Path(mnt))
-        self._remove_netns(h.index)
+        if ours:
+            self._remove_netns(h.index)
         propagate = Path("/run/systemd/nspawn/propagate") / h.name
         with contextlib.suppress(OSError):
             propagate.rmdir()
@@ -783,6 +821,19 @@ class Lab:
         if base.exists():
             shutil.rmtree(base)
         say(f"{h.name}: removed")
+
+    def _kill_netns_processes(self, h: Host, say: Progress) -> None:
+        """SIGKILL what still runs in the host's netns, e.g. a container init orphaned
+        by a killed nspawn (killing a PID namespace's init ends the whole namespace)."""
+        deadline = time.monotonic() + 10
+        while pids := _pids_in_netns(h.netns_inode):
+            if time.monotonic() > deadline:
+                raise SockactError(f"lab: processes {pids} in {h.netns} do not die")
+            say(f"{h.name}: killing {len(pids)} leftover process(es) in {h.netns}")
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.3)
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         proc = self._procs.get(pid)
