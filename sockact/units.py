@@ -49,7 +49,7 @@ _USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 USER_MAX = 31
 #: Paths go into ExecStart= and EnvironmentFile=, where systemd expands %specifiers,
 #: $VARIABLES, quotes and backslash escapes: only allow characters with no meaning there.
-_PATH_RE = re.compile(r"[A-Za-z0-9._+/-]+")
+_PATH_RE = re.compile(r"[A-Za-z0-9._+:/-]+")
 PATH_MAX = 1024
 #: Hidden or replaced by the hardening (ProtectHome, PrivateTmp, PrivateDevices, ...).
 _HIDDEN_DIRS = ("/home", "/root", "/run/user", "/tmp", "/var/tmp", "/dev", "/proc", "/sys")
@@ -159,6 +159,8 @@ def _problems(opts: UnitOptions, defaulted: set[str]) -> list[str]:
         if option in defaulted and not name_ok:
             continue  # /etc/<name>: the bad name is already reported
         reason = _path_problem(value)
+        if reason and option in defaulted:
+            reason += f" (default from name: set {option} explicitly)"
         if reason:
             bad(option, value, reason)
     if not problems and opts.config_dir == opts.release_root:
@@ -202,7 +204,7 @@ def _path_problem(value: object) -> str | None:
         return "must be a non-empty absolute path"
     if not _PATH_RE.fullmatch(value):
         return (
-            "only letters, digits and '._+-/' are allowed (no whitespace, newline, quotes, "
+            "only letters, digits and '._+-:/' are allowed (no whitespace, newline, quotes, "
             "'%', '$' or '\\': systemd would interpret them)"
         )
     if not value.startswith("/"):
