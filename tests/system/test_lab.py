@@ -1,0 +1,152 @@
+"""The lab boots real systemd hosts reachable over ssh, each in its own netns."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sockact.lab import Host, Lab
+from tests.lab_fixtures import LAB_HOSTS, lab_skip_reason
+
+pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.slow]
+
+SYSCTL = "net.ipv4.tcp_migrate_req"
+
+
+def _root_sysctl() -> str:
+    return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
+
+
+def _host_sysctl(host: Host) -> str:
+    return host.run("sysctl", "-n", SYSCTL).stdout.strip()
+
+
+def test_systemd_is_running_in_each_host(lab: Lab) -> None:
+    hosts = lab.hosts()
+    assert len(hosts) == LAB_HOSTS
+    for host in hosts:
+        state = host.run("systemctl", "is-system-running", check=False).stdout.strip()
+        failed = host.run("systemctl", "--failed", "--no-legend", check=False).stdout
+        assert state == "running", f"{host.name}: {state}; failed units: {failed}"
+
+
+def test_ssh_with_the_key_reaches_each_host(lab: Lab) -> None:
+    names = []
+    for host in lab.hosts():
+        proc = host.ssh("hostname")
+        names.append(proc.stdout.strip())
+        assert names[-1] == host.name
+        # the machine's python and this checkout are visible inside
+        assert host.ssh("/usr/bin/python3", "-c", "print(1)").stdout.strip() == "1"
+    assert len(set(names)) == LAB_HOSTS
+
+
+def test_tcp_migrate_req_is_per_host(lab: Lab) -> None:
+    first, second = lab.hosts()[:2]
+    root_before = _root_sysctl()
+    second_before = _host_sysctl(second)
+    first_before = _host_sysctl(first)
+    try:
+        first.run("sysctl", "-w", f"{SYSCTL}=1")
+        assert _host_sysctl(first) == "1"
+        assert _host_sysctl(second) == second_before
+        assert _root_sysctl() == root_before
+    finally:
+        first.run("sysctl", "-w", f"{SYSCTL}={first_before}")
+
+
+def test_tcp_server_in_a_host_is_reachable_from_the_root_namespace(lab: Lab) -> None:
+    host = lab.hosts()[0]
+    unit = "sockact-lab-test-http"
+    host.run(
+        "systemd-run",
+        f"--unit={unit}",
+        "/usr/bin/python3",
+        "-m",
+        "http.server",
+        "--bind",
+        host.address,
+        "--directory",
+        "/etc",
+        "8080",
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with opener.open(f"http://{host.address}:8080/hostname", timeout=2) as resp:
+                    body = resp.read().decode().strip()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert body == host.name
+    finally:
+        host.run("systemctl", "stop", unit, check=False)
+
+
+@pytest.mark.ansible
+def test_ansible_reaches_every_host_of_the_inventory(lab: Lab) -> None:
+    ansible = Path(os.environ.get("VIRTUAL_ENV", "/work/main/.venv")) / "bin/ansible"
+    if not ansible.exists():
+        found = shutil.which("ansible")
+        if found is None:
+            pytest.skip("ansible not installed")
+        ansible = Path(found)
+    proc = subprocess.run(
+        [str(ansible), "-i", str(lab.inventory_path), "api", "-m", "ping", "-o"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("SUCCESS") == LAB_HOSTS
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path)
+    with open("/proc/self/mountinfo") as fh:
+        targets = [line.split()[4] for line in fh]
+    return [t for t in targets if t == prefix or t.startswith(prefix + "/")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_down_leaves_no_mount_netns_veth_or_process() -> None:
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    directory = Path(tempfile.mkdtemp(prefix="sockact-lab-pytest-down-", dir="/var/tmp"))
+    lab = Lab(directory)
+    try:
+        (host,) = lab.up(1)
+        assert _alive(host.nspawn_pid) and _alive(host.init_pid)
+        assert _mounts_under(directory)
+    finally:
+        lab.down(purge=True)
+    assert not _mounts_under(directory)
+    assert host.netns not in os.listdir("/run/netns")
+    links = os.listdir("/sys/class/net")
+    assert f"sa{host.index}h" not in links and f"sa{host.index}c" not in links
+    assert not _alive(host.nspawn_pid)
+    assert not _alive(host.init_pid)
+    assert not directory.exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(host.root) not in ps.stdout
