@@ -51,7 +51,10 @@ def inherited_sockets() -> dict[str, socket.socket]:
     """
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return {}
-    pairs = daemon.listen_fds_with_names(unset_environment=True)
+    pairs = daemon.listen_fds_with_names(unset_environment=False)
+    # libsystemd's own unsetenv() would leave Python's os.environ stale; do it here.
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
     found: dict[str, socket.socket] = {}
     for fd, name in pairs.items():
         sock = socket.socket(fileno=fd)

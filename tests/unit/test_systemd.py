@@ -1,0 +1,75 @@
+"""The systemd edge with a real AF_UNIX datagram NOTIFY_SOCKET bound by the test."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sockact import systemd
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    yield sock
+    sock.close()
+
+
+def test_notify_sends_one_datagram_per_call_in_order(notify_socket: socket.socket) -> None:
+    assert systemd.notify("STATUS=warming up")
+    assert systemd.notify("READY=1", "STATUS=serving")
+    assert systemd.notify("STOPPING=1")
+    got = [notify_socket.recv(4096).decode() for _ in range(3)]
+    assert got == ["STATUS=warming up", "READY=1\nSTATUS=serving", "STOPPING=1"]
+
+
+def test_notify_is_silent_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert systemd.notify("READY=1") is False
+
+
+def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert systemd.watchdog_interval() == 5.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert systemd.watchdog_interval() == 5.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # somebody else's watchdog
+    assert systemd.watchdog_interval() is None
+    monkeypatch.setenv("WATCHDOG_USEC", "0")
+    assert systemd.watchdog_interval() is None
+
+
+def test_inherited_sockets_require_our_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    dup = os.dup(listener.fileno())
+    # sd_listen_fds expects the fds at 3..; move the dup there for a faithful test
+    target = 3
+    saved = os.dup(target)
+    try:
+        os.dup2(dup, target)
+        monkeypatch.setenv("LISTEN_FDS", "1")
+        monkeypatch.setenv("LISTEN_FDNAMES", "http")
+        monkeypatch.setenv("LISTEN_PID", "1")
+        assert systemd.inherited_sockets() == {}
+        monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+        found = systemd.inherited_sockets()
+        assert list(found) == ["http"]
+        assert found["http"].getsockname() == listener.getsockname()
+        assert "LISTEN_PID" not in os.environ
+        found["http"].detach()
+    finally:
+        os.dup2(saved, target)
+        os.close(saved)
+        os.close(dup)
+        listener.close()
