@@ -363,7 +363,7 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=str(defaults.drain_timeout),
         metavar="SECONDS",
         help="the instances' drain_timeout; TimeoutStopSec is this plus "
-        f"{STOP_MARGIN} s (default %(default)s)",
+        f"{STOP_MARGIN} s, rounded down (default %(default)s)",
     )
     render.add_argument(
         "--start-timeout",
