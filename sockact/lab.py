@@ -205,8 +205,10 @@ class Host:
         return proc
 
     def ssh_args(self, *cmd: str) -> list[str]:
-        """``ssh`` command line reaching this host as root with the lab key."""
-        return ["ssh", "-i", str(self.key), *SSH_OPTIONS, f"root@{self.address}", *cmd]
+        """``ssh`` command line reaching this host as root with the lab key; ``cmd`` is
+        quoted for the remote shell."""
+        remote = [shlex.join(cmd)] if cmd else []
+        return ["ssh", "-i", str(self.key), *SSH_OPTIONS, f"root@{self.address}", *remote]
 
     def ssh(
         self, *cmd: str, check: bool = True, timeout: float = 60
