@@ -11,10 +11,15 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 from sockact.errors import AddressError
 from sockact.metrics import Metrics
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
 log = logging.getLogger("sockact.admin")
 
@@ -33,10 +38,29 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(
                 200 if ready else 503, {"ready": ready, "phase": metrics.phase, **self._who()}
             )
+        elif path == "/check":
+            self._check()
         elif path == "/metrics":
             self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render().encode())
         else:
-            self._json(404, {"error": "not found", "paths": ["/live", "/ready", "/metrics"]})
+            self._json(
+                404, {"error": "not found", "paths": ["/live", "/ready", "/check", "/metrics"]}
+            )
+
+    def _check(self) -> None:
+        """One request to this instance's app, in-process: proves *this* instance answers.
+
+        A request to the main port cannot say which instance will take it (the kernel or
+        whoever accepts first picks), so a deploy verifies each new instance here.
+        """
+        check = self.server.check
+        if check is None or self.server.metrics.phase != "ready":
+            self._json(503, {"ok": False, "phase": self.server.metrics.phase, **self._who()})
+            return
+        status, body = check()
+        ok = 200 <= status < 400
+        excerpt = body[:512].decode("utf-8", "replace")
+        self._json(200 if ok else 502, {"ok": ok, "status": status, "body": excerpt, **self._who()})
 
     def _who(self) -> dict[str, int]:
         return {"instance": self.server.metrics.instance, "pid": os.getpid()}
@@ -59,6 +83,38 @@ class _Handler(BaseHTTPRequestHandler):
 class _AdminHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     metrics: Metrics
+    check: Callable[[], tuple[int, bytes]] | None = None
+
+
+def wsgi_check(app: WSGIApp, path: str) -> Callable[[], tuple[int, bytes]]:
+    """A callable that sends ``GET path`` to ``app`` in-process; returns (status, body)."""
+
+    def check() -> tuple[int, bytes]:
+        environ: dict[str, Any] = {}
+        setup_testing_defaults(environ)
+        environ.update(PATH_INFO=path.split("?", 1)[0], QUERY_STRING=path.partition("?")[2])
+        environ["HTTP_USER_AGENT"] = "sockact-admin-check"
+        got: list[int] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            got.append(int(status.split(" ", 1)[0]))
+            return lambda data: None
+
+        try:
+            chunks = app(environ, start_response)
+            try:
+                body = b"".join(chunks)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+        except Exception as exc:  # the check reports it; the instance keeps serving
+            return 500, f"{type(exc).__name__}: {exc}".encode()
+        return (got[0] if got else 500), body
+
+    return check
 
 
 class AdminServer:
@@ -85,6 +141,10 @@ class AdminServer:
 
     def start(self) -> None:
         self._thread.start()
+
+    def set_check(self, check: Callable[[], tuple[int, bytes]]) -> None:
+        """Enable ``/check`` once the app is warm."""
+        self._httpd.check = check
 
     def close(self) -> None:
         if self._thread.is_alive():

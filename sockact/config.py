@@ -88,6 +88,13 @@ def _parse_optional_target(raw: Any) -> str | None:
     return _parse_target(raw)
 
 
+def _parse_path(raw: Any) -> str:
+    value = _parse_str(raw)
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise _Invalid("must start with / and contain no whitespace")
+    return value
+
+
 def _parse_host(raw: Any) -> str:
     value = _parse_str(raw)
     try:
@@ -129,6 +136,7 @@ class Config:
     warmup_timeout: float = 300.0
     require_migrate_req: bool = False
     log_level: str = "info"
+    check_path: str = "/"
     #: key -> where its value came from ("default", "file api.toml", "env SOCKACT_PORT", ...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -155,6 +163,10 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "refuse to start in reuseport mode when net.ipv4.tcp_migrate_req is 0 (default false)",
     ),
     "log_level": (_choice(LOG_LEVELS), "debug | info | warning | error (default info)"),
+    "check_path": (
+        _parse_path,
+        "path the admin /check endpoint requests from the app in-process (default /)",
+    ),
 }
 
 _RANGES: dict[str, tuple[float, float]] = {

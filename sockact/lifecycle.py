@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any, cast
 
 from sockact import sockets, systemd
-from sockact.admin import AdminServer
+from sockact.admin import AdminServer, wsgi_check
 from sockact.config import Config
 from sockact.errors import AddressError, AppFailed, ForcedExit
 from sockact.metrics import Metrics
@@ -119,6 +119,7 @@ class Instance:
             if app is None:
                 self._phase("stopped", "stopped during warm-up")
                 return 0
+            admin.set_check(wsgi_check(app, cfg.check_path))
             listener = self._acquire(inherited)
             return self._serve(app, listener)
         except BaseException:
