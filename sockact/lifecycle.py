@@ -236,6 +236,8 @@ class Instance:
             idle_grace=cfg.idle_grace,
             on_tick=self._tick,
             on_drain=self._on_drain,
+            # wake often enough that a ping is never more than 1.5 intervals apart
+            tick_every=self._watchdog_every / 2 if self._watchdog_every else 1.0,
         )
         server.close()
         if result.timed_out:

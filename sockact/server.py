@@ -171,16 +171,18 @@ class WaitressServer:
         idle_grace: float,
         on_tick: Callable[[], None],
         on_drain: Callable[[int], None],
+        tick_every: float = 1.0,
     ) -> DrainResult:
         """Serve until a drain is requested and finished; returns how the drain went.
 
-        ``on_tick`` runs in the loop thread at least once a second (the watchdog proves
-        the loop alive with it); ``on_drain(open_connections)`` once when the drain starts.
+        ``on_tick`` runs in the loop thread at least every ``tick_every`` seconds (the
+        watchdog proves the loop alive with it); ``on_drain(open_connections)`` once when
+        the drain starts.
         """
         server = self._server
         started = 0.0
         while True:
-            wasyncore.poll2(0.25 if server.draining else 1.0, self._map)
+            wasyncore.poll2(min(tick_every, 0.25 if server.draining else 1.0), self._map)
             on_tick()
             now = time.monotonic()
             if self._drain_requested.is_set() and not server.draining:

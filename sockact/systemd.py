@@ -25,7 +25,12 @@ def notify(*lines: str) -> bool:
     """
     if not os.environ.get("NOTIFY_SOCKET"):
         return False
-    return bool(daemon.notify("\n".join(lines)))
+    try:
+        return bool(daemon.notify("\n".join(lines)))
+    except OSError:
+        # systemd-python raises where sd_notify() returns an error: a lost notification
+        # must not crash the server (e.g. in the middle of a drain).
+        return False
 
 
 def watchdog_interval() -> float | None:
