@@ -48,6 +48,7 @@ SUBNET_PREFIX = "10.203"
 MIN_INDEX = 1
 MAX_INDEX = 254
 MAX_HOSTS = 32
+CGROUP_PARENT = "sockact-lab"
 STATE_FILE = "lab.json"
 INVENTORY_FILE = "inventory.ini"
 KEY_FILE = "id_ed25519"
@@ -418,6 +419,42 @@ def _container_init(nspawn_pid: int) -> int | None:
     return None
 
 
+def _cgroup_hierarchies() -> list[Path]:
+    """Mount points of the hierarchies systemd uses: cgroup2 and the named ``systemd`` one."""
+    found: list[Path] = []
+    with open("/proc/self/mounts", encoding="utf-8") as fh:
+        for line in fh:
+            _src, target, fstype, options = line.split()[:4]
+            if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options):
+                found.append(Path(target))
+    return found
+
+
+def host_cgroups(name: str) -> list[Path]:
+    """The cgroup (one per hierarchy) each host's nspawn runs in. Without it every nspawn
+    started from one cgroup shares ``<cgroup>/payload``, and the containers' systemds
+    remove each other's cgroups (failed units with "Failed at step CGROUP")."""
+    return [h / CGROUP_PARENT / name for h in _cgroup_hierarchies()]
+
+
+def _cgroup_pids(cgroup: Path) -> list[int]:
+    pids: list[int] = []
+    for procs in cgroup.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.extend(int(x) for x in procs.read_text(encoding="utf-8").split())
+    return pids
+
+
+def _remove_cgroup(cgroup: Path) -> None:
+    """rmdir a cgroup and its children, deepest first (they hold no real files)."""
+    if not cgroup.is_dir():
+        return
+    dirs = sorted((d for d in cgroup.rglob("*") if d.is_dir()), key=lambda d: len(d.parts))
+    for d in [*reversed(dirs), cgroup]:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 def _tail(path: Path, lines: int = 8) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -634,6 +671,23 @@ class Lab:
             ssh_unit.unlink(missing_ok=True)
             ssh_unit.symlink_to("/lib/systemd/system/ssh.service")
         (root / "etc/hostname").write_text(f"{h.name}\n", encoding="utf-8")
+        # no egress from the hosts: names resolve from /etc/hosts, DNS fails at once
+        # (a nameserver behind the veth would make every lookup wait for its timeout)
+        hosts_file = root / "etc/hosts"
+        hosts_file.write_text(
+            "127.0.0.1 localhost\n"
+            "::1 localhost ip6-localhost ip6-loopback\n"
+            f"{h.address} {h.name}\n"
+            f"{h.gateway} {h.name}-gw\n",
+            encoding="utf-8",
+        )
+        resolv = root / "etc/resolv.conf"
+        resolv.unlink(missing_ok=True)
+        resolv.write_text(
+            "# sockact lab: no DNS inside test hosts\nnameserver 127.0.0.1\n"
+            "options timeout:1 attempts:1\n",
+            encoding="utf-8",
+        )
         machine_id = uuid.uuid4().hex
         (root / "etc/machine-id").write_text(machine_id + "\n", encoding="utf-8")
         dbus_id = root / "var/lib/dbus/machine-id"
@@ -663,10 +717,19 @@ class Lab:
         log_path = self.host_dir(h.name) / "nspawn.log"
         env = dict(os.environ)
         env["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] = "network"  # /proc/sys/net writable
+        cgroups = host_cgroups(h.name)
+        for cg in cgroups:
+            cg.mkdir(parents=True, exist_ok=True)
+        # join the host's own cgroups, then become nspawn (same PID)
+        join = "".join(f'echo $$ > "{cg}/cgroup.procs" && ' for cg in cgroups)
         log: IO[bytes]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [
+                    "/bin/sh",
+                    "-c",
+                    f'{join}exec "$@"',
+                    "sh",
                     "systemd-nspawn",
                     "-D",
                     str(h.root),
@@ -675,6 +738,8 @@ class Lab:
                     f"--machine={h.name}",
                     f"--network-namespace-path={NETNS_DIR / h.netns}",
                     "--console=read-only",
+                    "--resolv-conf=off",
+                    "--timezone=off",
                     "-b",
                 ],
                 stdin=subprocess.DEVNULL,
@@ -806,6 +871,7 @@ class Lab:
         ours = h.netns_inode != 0 and _netns_inode(h.netns) == h.netns_inode
         if ours:
             self._kill_netns_processes(h, say)
+        self._kill_cgroup_processes(h, say)
         base = self.host_dir(h.name)
         if h.root in [Path(m) for m in _mounts_under(h.root)]:
             # nspawn's lock on the image dir, left behind when nspawn was killed
@@ -823,6 +889,22 @@ class Lab:
         if base.exists():
             shutil.rmtree(base)
         say(f"{h.name}: removed")
+
+    def _kill_cgroup_processes(self, h: Host, say: Progress) -> None:
+        """SIGKILL what is left in the host's cgroups, then remove them."""
+        for cg in host_cgroups(h.name):
+            deadline = time.monotonic() + 10
+            while pids := _cgroup_pids(cg):
+                if time.monotonic() > deadline:
+                    raise SockactError(f"lab: processes {pids} in cgroup {cg} do not die")
+                say(f"{h.name}: killing {len(pids)} leftover process(es) in {cg}")
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.3)
+            _remove_cgroup(cg)
+            with contextlib.suppress(OSError):  # still used by another lab: fine
+                cg.parent.rmdir()
 
     def _kill_netns_processes(self, h: Host, say: Progress) -> None:
         """SIGKILL what still runs in the host's netns, e.g. a container init orphaned

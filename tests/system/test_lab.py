@@ -65,6 +65,7 @@ def test_tcp_migrate_req_is_per_host(lab: Lab) -> None:
 def test_tcp_server_in_a_host_is_reachable_from_the_root_namespace(lab: Lab) -> None:
     host = lab.hosts()[0]
     unit = "sockact-lab-test-http"
+    # python -m http.server would also do (getfqdn resolves from /etc/hosts, no DNS)
     host.run(
         "systemd-run",
         f"--unit={unit}",
