@@ -221,6 +221,8 @@ def _read_env(env: Mapping[str, str], problems: list[str]) -> dict[str, str]:
             out[key] = value
         elif key.startswith("demo_"):
             continue  # the demo app's own variables (sockact.demo)
+        elif key == "release":
+            continue  # the release label the deploy writes into <i>.env (docs/architecture.md)
         else:
             problems.append(f"environment {name}: unknown setting{_close_key(key)}")
     return out

@@ -116,7 +116,11 @@ def test_cross_checks() -> None:
 
 
 def test_demo_variables_are_not_settings() -> None:
-    cfg = config.load(None, env={"SOCKACT_DEMO_WARMUP": "3"}, flags={"app": APP, "instance": "1"})
+    cfg = config.load(
+        None,
+        env={"SOCKACT_DEMO_WARMUP": "3", "SOCKACT_RELEASE": "v1"},
+        flags={"app": APP, "instance": "1"},
+    )
     assert cfg.instance == 1
 
 
