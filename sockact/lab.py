@@ -853,16 +853,21 @@ class Lab:
         if _is_nspawn_for(h.nspawn_pid, h.root):
             started = time.monotonic()
             init = _container_init(h.nspawn_pid)
+            asked = False
             if init is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    subprocess.run(
-                        ["nsenter", "-t", str(init), "-a", "systemctl", "poweroff"],
-                        capture_output=True,
-                        timeout=10,
-                        check=False,
-                        stdin=subprocess.DEVNULL,
+                    asked = (
+                        subprocess.run(
+                            ["nsenter", "-t", str(init), "-a", "systemctl", "poweroff"],
+                            capture_output=True,
+                            timeout=10,
+                            check=False,
+                            stdin=subprocess.DEVNULL,
+                        ).returncode
+                        == 0
                     )
-            if self._wait_exit(h.nspawn_pid, STOP_TIMEOUT):
+            # systemctl fails early in boot (no bus yet): then go on to SIGTERM soon
+            if self._wait_exit(h.nspawn_pid, STOP_TIMEOUT if asked else 1.0):
                 say(f"{h.name}: powered off in {time.monotonic() - started:.1f}s")
             else:
                 self._kill_nspawn(h.nspawn_pid, say)
