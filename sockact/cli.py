@@ -16,7 +16,7 @@ from sockact.errors import EXIT_INTERNAL, SockactError
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
-    from sockact import lab, serve_cli, units
+    from sockact import lab, probe, serve_cli, units
 
     parser = argparse.ArgumentParser(
         prog="sockact",
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_subcommands(sub)
     units.add_subcommand(sub)
     lab.add_subcommand(sub)
+    probe.add_subcommand(sub)
     return parser
 
 
