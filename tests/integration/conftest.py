@@ -293,7 +293,7 @@ class ServeProc:
         def in_phase() -> bool:
             self._alive_or_fail(f"phase {phase}")
             try:
-                return self.admin("/ready", timeout=0.5)[1].get("phase") == phase
+                return bool(self.admin("/ready", timeout=0.5)[1].get("phase") == phase)
             except (OSError, ValueError):
                 return False
 
