@@ -1,0 +1,291 @@
+"""Install sockact releases, instances and units on a lab host the way the Ansible role does.
+
+Small helpers, each one step of the role, for the system tests (and anyone else):
+
+* :func:`build_wheelhouse` once per session on the controller (``pip wheel``);
+* :func:`copy_wheelhouse` into a host, :func:`install_release` a venv per version from it
+  (``pip install --no-index --find-links``);
+* :func:`ensure_user` (the static ``api`` user), :func:`write_instance` (``<i>.toml``,
+  ``<i>.env`` and the ``/opt/api/instances/<i>`` link);
+* :func:`install_units` (``sockact units render`` from a release), :func:`apply_sysctl`,
+  :func:`daemon_reload`;
+* :func:`host_report` (``systemctl status``, ``journalctl -u``, ``ss -ltnp``) for failure
+  messages, plus small probes of a host's state (:func:`admin_get`, :func:`main_pid`...).
+
+Files are written through the host's overlay root (``host.root``) from the controller and
+then owned/moded inside the host, so the ``api`` user of the host is the one that counts.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from sockact.lab import Host
+
+NAME = "api"
+USER = "api"
+CONFIG_DIR = f"/etc/{NAME}"
+RELEASE_ROOT = f"/opt/{NAME}"
+PORT = 8080
+SYSTEMD_DIR = "/etc/systemd/system"
+SYSCTL_FILE = f"/etc/sysctl.d/60-{NAME}-reuseport.conf"
+WHEELHOUSE_IN_HOST = "/var/lib/sockact-wheelhouse"
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- controller side
+
+
+def build_wheelhouse(dest: Path, project: Path = PROJECT) -> Path:
+    """``pip wheel`` sockact and its dependencies into ``dest`` (pip may use its cache)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest), str(project)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip wheel failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    if not list(dest.glob("sockact-*.whl")):
+        raise RuntimeError(f"pip wheel made no sockact wheel in {dest}")
+    return dest
+
+
+def host_path(host: Host, path: str) -> Path:
+    """Where ``path`` of the host is, seen from the controller (through its overlay root)."""
+    return host.root / path.lstrip("/")
+
+
+def write_file(
+    host: Host, path: str, text: str, *, mode: str = "0644", owner: str = "root:root"
+) -> None:
+    """Write ``text`` to ``path`` in the host, then chown/chmod it there."""
+    target = host_path(host, path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    host.run("chown", owner, path)
+    host.run("chmod", mode, path)
+
+
+def sh(
+    host: Host, script: str, *, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run a shell snippet inside the host."""
+    return host.run("/bin/sh", "-c", script, check=check, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- role steps
+
+
+def copy_wheelhouse(host: Host, wheelhouse: Path) -> str:
+    """Copy the wheelhouse into the host; returns its path inside."""
+    target = host_path(host, WHEELHOUSE_IN_HOST)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(wheelhouse, target)
+    return WHEELHOUSE_IN_HOST
+
+
+def install_release(host: Host, version: str, wheelhouse: str = WHEELHOUSE_IN_HOST) -> str:
+    """A venv ``/opt/api/releases/<version>`` with sockact from the wheelhouse, offline."""
+    release = f"{RELEASE_ROOT}/releases/{version}"
+    marker = f"{release}/.sockact-release"
+    if host.run("test", "-f", marker, check=False).returncode == 0:
+        return release
+    host.run("rm", "-rf", release)
+    host.run("/usr/bin/python3", "-m", "venv", release, timeout=120)
+    host.run(
+        f"{release}/bin/pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--find-links",
+        wheelhouse,
+        "sockact",
+        timeout=300,
+    )
+    write_file(host, marker, version + "\n")
+    return release
+
+
+def ensure_user(host: Host, user: str = USER) -> None:
+    if host.run("id", "-u", user, check=False).returncode != 0:
+        host.run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user)
+
+
+def instance_toml(
+    instance: int, *, drain_timeout: float = 10.0, extra: dict[str, object] | None = None
+) -> str:
+    settings: dict[str, object] = {
+        "app": "sockact.demo:create_app",
+        "warmup": "sockact.demo:warmup",
+        "port": PORT,
+        "drain_timeout": drain_timeout,
+        **(extra or {}),
+    }
+    lines = [f"# instance {instance}, written by tests/system/hostsetup.py"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_instance(
+    host: Host,
+    instance: int,
+    version: str,
+    *,
+    warmup: float = 1.0,
+    fail: bool = False,
+    drain_timeout: float = 10.0,
+    extra_toml: dict[str, object] | None = None,
+) -> None:
+    """``/etc/api/instances/<i>.toml`` + ``.env`` and ``/opt/api/instances/<i>`` -> release."""
+    base = f"{CONFIG_DIR}/instances/{instance}"
+    host.run("install", "-d", "-o", "root", "-g", USER, "-m", "0750", f"{CONFIG_DIR}/instances")
+    write_file(
+        host,
+        f"{base}.toml",
+        instance_toml(instance, drain_timeout=drain_timeout, extra=extra_toml),
+        mode="0640",
+        owner=f"root:{USER}",
+    )
+    env = [
+        f"SOCKACT_DEMO_VERSION={version}",
+        f"SOCKACT_RELEASE={version}",
+        f"SOCKACT_DEMO_WARMUP={warmup:g}",
+    ]
+    if fail:
+        env.append("SOCKACT_DEMO_FAIL=1")
+    write_file(host, f"{base}.env", "\n".join(env) + "\n", mode="0640", owner=f"root:{USER}")
+    host.run("install", "-d", "-m", "0755", f"{RELEASE_ROOT}/instances")
+    link = f"{RELEASE_ROOT}/instances/{instance}"
+    host.run("ln", "-sfn", f"{RELEASE_ROOT}/releases/{version}", link)
+
+
+def install_units(
+    host: Host,
+    release: str,
+    listen: str,
+    *,
+    drain_timeout: float = 10.0,
+    extra_args: Iterable[str] = (),
+) -> list[str]:
+    """``sockact units render`` (from ``release``) into /etc/systemd/system; the sysctl
+    drop-in of reuseport mode goes to /etc/sysctl.d. Returns the installed file names."""
+    staging = f"/run/sockact-units-{listen}"
+    host.run("rm", "-rf", staging)
+    host.run(
+        f"{release}/bin/sockact",
+        "units",
+        "render",
+        "--out",
+        staging,
+        "--listen",
+        listen,
+        "--port",
+        str(PORT),
+        "--drain-timeout",
+        str(drain_timeout),
+        *extra_args,
+    )
+    names = sorted(host.run("ls", staging).stdout.split())
+    for name in names:
+        dest = "/etc/sysctl.d" if name.endswith(".conf") else SYSTEMD_DIR
+        host.run("install", "-m", "0644", f"{staging}/{name}", f"{dest}/{name}")
+    host.run("rm", "-rf", staging)
+    return names
+
+
+def apply_sysctl(host: Host) -> str:
+    """``sysctl --system`` (other drop-ins may fail in a container: only ours is checked);
+    returns net.ipv4.tcp_migrate_req as the host sees it."""
+    host.run("sysctl", "--system", check=False)
+    return host.run("sysctl", "-n", "net.ipv4.tcp_migrate_req").stdout.strip()
+
+
+def daemon_reload(host: Host) -> None:
+    host.run("systemctl", "daemon-reload")
+
+
+# --------------------------------------------------------------------------- state and reports
+
+
+def unit_props(host: Host, unit: str, *props: str) -> dict[str, str]:
+    out = host.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {p: values.get(p, "") for p in props}
+
+
+def main_pid(host: Host, unit: str) -> int:
+    return int(unit_props(host, unit, "MainPID")["MainPID"] or 0)
+
+
+def admin_get(host: Host, instance: int, path: str = "/ready") -> tuple[int, dict[str, object]]:
+    """GET an instance's admin endpoint (loopback inside the host); (0, {}) when refused."""
+    proc = host.run(
+        "curl",
+        "-s",
+        "-m",
+        "3",
+        "-w",
+        "\n%{http_code}",
+        f"http://127.0.0.1:{9000 + instance}{path}",
+        check=False,
+    )
+    body, _, code = proc.stdout.rpartition("\n")
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except ValueError:
+        doc = {"raw": body}
+    return int(code or 0), doc
+
+
+def listeners(host: Host, port: int = PORT) -> str:
+    return host.run("ss", "-Hltnp", f"sport = :{port}", check=False).stdout
+
+
+def api_units(host: Host) -> dict[str, str]:
+    """Every loaded ``api@*`` unit -> its active state."""
+    out = host.run(
+        "systemctl", "list-units", "--all", "--plain", "--no-legend", f"{NAME}@*", check=False
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].startswith(f"{NAME}@"):
+            found[parts[0]] = parts[2]
+    return found
+
+
+def active_api_units(host: Host) -> list[str]:
+    return sorted(u for u, state in api_units(host).items() if state in ("active", "activating"))
+
+
+def host_report(host: Host, units: Iterable[str] = ()) -> str:
+    """``systemctl status``, ``journalctl -u <unit> -n 50`` per unit and ``ss -ltnp``:
+    what a failed system test prints about the host."""
+    units = list(units) or [f"{NAME}@*", f"{NAME}.socket", f"{NAME}.service"]
+    parts = [f"==== host {host.name} ({host.address})"]
+    cmds = [["systemctl", "status", "--no-pager", "-l", "--lines=0", *units]]
+    for unit in units:
+        cmds.append(["journalctl", "--no-pager", "-u", unit, "-n", "50"])
+    cmds.append(["ss", "-ltnp"])
+    for cmd in cmds:
+        try:
+            proc = host.run(*cmd, check=False, timeout=20)
+            text = (proc.stdout + proc.stderr).rstrip()
+        except Exception as exc:  # the report must never hide the real failure
+            text = f"(failed: {exc!r})"
+        parts.append(f"---- $ {shlex.join(cmd)}\n{text}")
+    return "\n".join(parts)
