@@ -1,0 +1,52 @@
+"""Edges of the lifecycle: a drain that runs out, a stop during warm-up, the sysctl guard."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import RawConn, ServeFactory, connect_state, http_get, poll
+
+
+def test_drain_timeout_cuts_and_says_how_many(serve: ServeFactory) -> None:
+    sp = serve.start("--drain-timeout", "1", "--idle-grace", "0.2", warmup=0.2)
+    sp.wait_ready()
+    slow = RawConn(sp.port)
+    slow.send_get("/slow?ms=8000")
+    poll("/slow in flight", lambda: _in_flight(sp.admin_port), 5)
+    began = time.monotonic()
+    sp.signal(signal.SIGTERM)
+    code = sp.wait_exit(timeout=6)
+    took = time.monotonic() - began
+    assert code == 0, sp.output()
+    assert took < 4, f"drain_timeout=1 but exit took {took:.1f} s"
+    assert "cut 1 connection(s)" in sp.output()
+    assert slow.wait_eof(1), "the cut connection was left open"
+
+
+def test_sigterm_during_warmup_exits_0_without_listening(serve: ServeFactory) -> None:
+    sp = serve.start(warmup=5)
+    sp.wait_live()
+    sp.wait_phase("warming")
+    sp.signal(signal.SIGTERM)
+    assert sp.wait_exit(timeout=3) == 0, sp.output()
+    assert "stopped during warm-up" in sp.output()
+    assert connect_state(sp.port) == "refused"
+
+
+def test_require_migrate_req_refuses_when_sysctl_is_0(serve: ServeFactory) -> None:
+    value = Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
+    if value != "0":
+        pytest.skip(f"net.ipv4.tcp_migrate_req is {value} in this namespace, the guard cannot trip")
+    sp = serve.start("--require-migrate-req", "true", warmup=0.2)
+    assert sp.wait_exit(timeout=10) == 4, sp.output()
+    assert "tcp_migrate_req is 0" in sp.stderr()
+    assert connect_state(sp.port) == "refused"
+
+
+def _in_flight(admin_port: int) -> bool:
+    _status, _headers, body = http_get(admin_port, "/metrics", timeout=1)
+    return 'sockact_requests_in_flight{instance="1"} 1' in body.decode()
