@@ -140,7 +140,8 @@ def record(host: Any, layout: Layout) -> Record:
     rec, problems = parse_record(res.stdout)
     if rec is None:
         pytest.fail(
-            f"deploy record {layout.record_path} is invalid:\n  " + "\n  ".join(problems)
+            f"deploy record {layout.record_path} is invalid:\n  "
+            + "\n  ".join(problems)
             + f"\n--- content\n{res.stdout}",
             pytrace=False,
         )

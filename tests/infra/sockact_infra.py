@@ -123,11 +123,6 @@ def output(res: Any) -> str:
     return "\n".join(line for line in lines if not _SSH_NOISE.match(line.strip())).strip()
 
 
-def run(host: Any, command: str, *args: object) -> Any:
-    """``host.run`` that never raises on a non-zero exit (callers look at ``rc``)."""
-    return host.run(command, *args)
-
-
 def diagnose(host: Any, unit: str, port: int | None = None) -> str:
     """What an operator looks at first: ``systemctl status``, the unit's last 30 journal
     lines, and the listening TCP sockets with their processes."""
@@ -147,7 +142,7 @@ def diagnose(host: Any, unit: str, port: int | None = None) -> str:
 def show(host: Any, unit: str, *props: str, unix_time: bool = False) -> dict[str, str]:
     """``systemctl show UNIT -p A,B`` as a dict (timestamps as ``@<epoch>`` if asked)."""
     flags = "--timestamp=unix " if unix_time else ""
-    res = run(host, f"systemctl show {flags}%s -p %s", unit, ",".join(props))
+    res = host.run(f"systemctl show {flags}%s -p %s", unit, ",".join(props))
     values: dict[str, str] = {}
     for line in res.stdout.splitlines():
         key, sep, value = line.partition("=")
@@ -172,15 +167,13 @@ class Listener:
 
 def listeners(host: Any, port: int) -> tuple[list[Listener], str]:
     """Listening TCP sockets on ``port`` (``ss -ltnpH 'sport = :PORT'``) and the raw output."""
-    res = run(host, "ss -ltnpH %s", f"sport = :{int(port)}")
+    res = host.run("ss -ltnpH %s", f"sport = :{int(port)}")
     found = []
     for line in res.stdout.splitlines():
         fields = line.split()
         if len(fields) < 5:
             continue
-        holders = tuple(
-            (comm, int(pid), int(fd)) for comm, pid, fd in _USERS_RE.findall(line)
-        )
+        holders = tuple((comm, int(pid), int(fd)) for comm, pid, fd in _USERS_RE.findall(line))
         found.append(Listener(fields[3], holders))
     return found, res.stdout
 
@@ -216,15 +209,14 @@ def hardening(text: str) -> dict[str, list[str]]:
 
 def syscall_groups(host: Any) -> dict[str, set[str]]:
     """Every ``@group`` systemd knows on this host -> its members (groups not expanded)."""
-    res = run(host, "systemd-analyze syscall-filter --no-pager")
+    res = host.run("systemd-analyze syscall-filter --no-pager")
     groups: dict[str, set[str]] = {}
     current = None
     for line in res.stdout.splitlines():
         if line.startswith("@"):
             current = groups.setdefault(line.strip(), set())
-        elif current is not None and line.startswith(" ") and not line.strip().startswith("#"):
-            if line.strip():
-                current.add(line.strip())
+        elif current is not None and line.startswith(" ") and line.strip()[:1] not in ("#", ""):
+            current.add(line.strip())
     return groups
 
 

@@ -10,6 +10,7 @@ every recorded instance; a failure lists every instance that is wrong, each with
 from __future__ import annotations
 
 import json
+import tomllib
 from typing import Any
 
 import pytest
@@ -21,8 +22,8 @@ from sockact_infra import (
     hardening,
     listeners,
     normalize,
-    output,
     normalize_shown,
+    output,
     show,
     syscall_groups,
 )
@@ -38,14 +39,15 @@ def _fail(problems: list[str]) -> None:
 def _unit_files(layout: Any, record: Record) -> list[str]:
     files = [f"{layout.unit_dir}/{layout.name}@.service"]
     if record.listen == "socket":
-        files += [f"{layout.unit_dir}/{layout.name}.socket", f"{layout.unit_dir}/{layout.name}.service"]
+        files += [
+            f"{layout.unit_dir}/{layout.name}.socket",
+            f"{layout.unit_dir}/{layout.name}.service",
+        ]
     return files
 
 
 def _admin(host: Any, layout: Any, instance: int) -> str:
     """``host:port`` of an instance's admin server, from its config file (else the default)."""
-    import tomllib
-
     res = host.run("cat %s", f"{layout.config_dir}/instances/{instance}.toml")
     try:
         cfg = tomllib.loads(res.stdout) if res.rc == 0 else {}
@@ -141,9 +143,7 @@ def test_exactly_the_recorded_color_is_active(host: Any, layout: Any, record: Re
     _fail(problems)
 
 
-def test_instances_active_notify_ready_and_check_ok(
-    host: Any, layout: Any, record: Record
-) -> None:
+def test_instances_active_notify_ready_and_check_ok(host: Any, layout: Any, record: Record) -> None:
     problems = []
     for i in record.instances:
         unit = f"{layout.name}@{i}.service"
@@ -175,9 +175,7 @@ def test_instances_active_notify_ready_and_check_ok(
 # --------------------------------------------------------------------------- the main port
 
 
-def test_main_port_held_by_the_recorded_instances(
-    host: Any, layout: Any, record: Record
-) -> None:
+def test_main_port_held_by_the_recorded_instances(host: Any, layout: Any, record: Record) -> None:
     found, raw = listeners(host, record.port)
     pids = _main_pids(host, layout, record)
     problems = []
@@ -191,9 +189,7 @@ def test_main_port_held_by_the_recorded_instances(
                 f"({len(record.instances)})"
             )
         if owners != set(pids.values()) or any(len(h) != 1 for h in holders):
-            problems.append(
-                f"listener owners {sorted(owners)} != MainPIDs {pids} (instance: pid)"
-            )
+            problems.append(f"listener owners {sorted(owners)} != MainPIDs {pids} (instance: pid)")
     else:
         active = show(host, f"{layout.name}.socket", "ActiveState").get("ActiveState")
         if active != "active":
@@ -209,7 +205,9 @@ def test_main_port_held_by_the_recorded_instances(
                 problems.append(f"{lst.local}: also held by unexpected pids {sorted(strangers)}")
     if problems:
         problems.append(f"--- ss -ltnpH 'sport = :{record.port}'\n{raw}")
-        unit = f"{layout.name}.socket" if record.listen == "socket" else record.units(layout.name)[0]
+        unit = (
+            f"{layout.name}.socket" if record.listen == "socket" else record.units(layout.name)[0]
+        )
         problems.append(diagnose(host, unit))
     _fail(problems)
 
@@ -322,11 +320,14 @@ def test_instances_run_the_recorded_release(host: Any, layout: Any, record: Reco
         if layout.body_version:
             status, body = _get(host, f"http://{_admin(host, layout, i)}/check")
             if record.version not in body:
-                wrong.append(f"/check body (HTTP {status}) does not show {record.version!r}: "
-                             f"{body.strip()[:300]}")
+                wrong.append(
+                    f"/check body (HTTP {status}) does not show {record.version!r}: "
+                    f"{body.strip()[:300]}"
+                )
         if wrong:
             problems.append(
-                f"{unit} (recorded version {record.version}): " + "; ".join(wrong)
+                f"{unit} (recorded version {record.version}): "
+                + "; ".join(wrong)
                 + diagnose(host, unit)
             )
     _fail(problems)
@@ -342,8 +343,10 @@ def test_journal_has_no_errors_since_start(host: Any, layout: Any, record: Recor
             "ExecMainStartTimestamp", ""
         )
         if not started.startswith("@"):
-            problems.append(f"{unit}: no start time ({started!r}): never started?"
-                            + diagnose(host, unit))
+            problems.append(
+                f"{unit}: not running (no ExecMainStartTimestamp), no journal to check"
+                + diagnose(host, unit)
+            )
             continue
         res = host.run(
             "journalctl --no-pager -q -o short-iso -p err -u %s --since %s", unit, started
