@@ -658,7 +658,8 @@ def handover_table(runs: list[dict[str, Any]]) -> str:
         "ho p99",
         "ho max",
         "steady p99",
-        "max/p99",
+        "steady max",
+        "max/st.p99",
         "load 1m",
     )
     rows = [head]
@@ -674,6 +675,7 @@ def handover_table(runs: list[dict[str, Any]]) -> str:
                 f"{ho['p99_ms']:.1f}",
                 f"{ho['max_ms']:.0f}",
                 f"{st['p99_ms']:.1f}",
+                f"{st['max_ms']:.0f}",
                 "-" if r["max_over_steady_p99"] is None else f"{r['max_over_steady_p99']:.1f}x",
                 f"{r['loadavg_before'][0]:.2f}",
             )
@@ -818,7 +820,7 @@ def summary(result: dict[str, Any], out: Path) -> str:
         lines += [
             "Handover (16 clients: 8 keep-alive + 8 new-connection; demo app, 1 s warm-up).",
             "failed: every window (steady, handover, tail); ho p50/p99/max: handover window",
-            "(new instance started .. old one exited + 1 s); steady p99: the window before.",
+            "(new instance started .. old one exited + 1 s); steady p99/max: the window before.",
             "",
             handover_table(ok),
             "",
@@ -878,6 +880,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, help="results JSON (default bench/results/<date>-<commit>.json)"
     )
+    p.add_argument(
+        "--from-json", type=Path, metavar="FILE", help="print the tables of a saved results JSON"
+    )
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = {"rounds": 1, "steady": 2.0, "tail": 1.0, "wrk_runs": 1, "wrk_duration": 3.0}
@@ -890,6 +895,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        print(summary(json.loads(args.from_json.read_text()), args.from_json))
+        return 0
     if args.inner:
         return inner(args)
     if os.geteuid() != 0:
