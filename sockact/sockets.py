@@ -70,6 +70,10 @@ def bind_reuseport(host: str, port: int, backlog: int | None) -> socket.socket:
     """
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
+        # SO_REUSEADDR too: without it, TIME_WAIT connections left on the port by a server
+        # that did not set SO_REUSEPORT (waitress, gunicorn, a socket unit) fail this bind
+        # for up to 60 s. A live listener without SO_REUSEPORT is still refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         if backlog is not None:
