@@ -10,6 +10,7 @@ every recorded instance; a failure lists every instance that is wrong, each with
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from typing import Any
 
@@ -61,6 +62,21 @@ def _get(host: Any, url: str) -> tuple[int, str]:
     res = host.run("curl -s -m 5 -w '\\n%%{http_code}' %s", url)
     body, _, code = res.stdout.rpartition("\n")
     return (int(code) if code.isdigit() else 0), body
+
+
+def _body_version(check_body: str) -> str | None:
+    """The version the app's answer shows: ``version`` of a JSON body (the demo app), else
+    the recorded one when it appears as a quoted string in the body excerpt, else None."""
+    try:
+        excerpt = json.loads(check_body).get("body", "")
+    except (ValueError, AttributeError):
+        return None
+    try:
+        version = json.loads(excerpt).get("version")
+        return str(version) if version is not None else None
+    except (ValueError, AttributeError):
+        found = re.search(r'"version"\s*:\s*"([^"]*)"', excerpt)
+        return found.group(1) if found else None
 
 
 def _main_pids(host: Any, layout: Any, record: Record) -> dict[int, int]:
@@ -216,6 +232,16 @@ def test_tcp_migrate_req_where_reuseport(host: Any, layout: Any, record: Record)
     if record.listen != "reuseport":
         pytest.skip("socket mode: the queue belongs to the shared socket, no sysctl needed")
     value = host.run("sysctl -n net.ipv4.tcp_migrate_req").stdout.strip()
+    dropin = host.file(layout.sysctl_file)
+    persisted = dropin.is_file and re.search(
+        r"^\s*net\.ipv4\.tcp_migrate_req\s*=\s*1\s*$", dropin.content_string, re.M
+    )
+    if not persisted:
+        pytest.fail(
+            f"{layout.sysctl_file} does not set net.ipv4.tcp_migrate_req = 1: the setting "
+            "would not survive a reboot",
+            pytrace=False,
+        )
     if value != "1":
         pytest.fail(
             f"net.ipv4.tcp_migrate_req = {value!r}, expected 1: stopping an instance resets "
@@ -319,7 +345,7 @@ def test_instances_run_the_recorded_release(host: Any, layout: Any, record: Reco
             wrong.append("not running (MainPID=0)")
         if layout.body_version:
             status, body = _get(host, f"http://{_admin(host, layout, i)}/check")
-            if record.version not in body:
+            if _body_version(body) != record.version:
                 wrong.append(
                     f"/check body (HTTP {status}) does not show {record.version!r}: "
                     f"{body.strip()[:300]}"

@@ -212,6 +212,21 @@ def test_wrong_release_fails(setup: Setup) -> None:
         hs.write_file(host, path, _record("reuseport") + "\n")
 
 
+def test_weakened_hardening_fails(setup: Setup) -> None:
+    host = setup.reuseport
+    dropin = f"{hs.SYSTEMD_DIR}/{hs.NAME}@2.service.d/weaken.conf"
+    hs.write_file(host, dropin, "[Service]\nNoNewPrivileges=no\n")
+    hs.daemon_reload(host)
+    host.run("systemctl", "restart", f"{hs.NAME}@2", timeout=120)
+    try:
+        run = _expect_failure(setup, "test_hardening_of_running_units_matches_unit_file", "weaken")
+        assert "NoNewPrivileges: running 'no', unit file 'yes'" in run.out, run.out
+    finally:
+        host.run("rm", "-rf", str(Path(dropin).parent))
+        hs.daemon_reload(host)
+        host.run("systemctl", "restart", f"{hs.NAME}@2", timeout=120)
+
+
 def test_suite_passes_again_after_restoring(setup: Setup) -> None:
     run = run_suite(setup)
     assert run.rc == 0 and run.passed > 0, run.out
