@@ -10,6 +10,7 @@ EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_APP_FAILED = 3
 EXIT_ADDRESS = 4
+EXIT_PROBE_FAILED = 6  # sockact probe: a request failed, or none was made
 EXIT_FORCED = 130
 
 

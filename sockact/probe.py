@@ -41,10 +41,9 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from sockact.errors import BadInput
+from sockact.errors import EXIT_PROBE_FAILED, BadInput
 
 #: exit code of ``sockact probe`` when any request failed (or none was made)
-EXIT_PROBE_FAILED: Final = 6
 
 #: every failure kind, in report order
 FAILURE_KINDS: Final[tuple[str, ...]] = (
