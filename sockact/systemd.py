@@ -80,9 +80,31 @@ def journal_is_stderr() -> bool:
     return stream == f"{st.st_dev}:{st.st_ino}"
 
 
+def unit_name(cgroup_file: str = "/proc/self/cgroup") -> str | None:
+    """The systemd service we run in (``api@1.service``), read from our cgroup path."""
+    try:
+        with open(cgroup_file) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        path = line.split(":", 2)[-1]
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        if last.endswith(".service"):
+            return last
+    return None
+
+
 def journal_handler(**fields: str) -> logging.Handler:
-    """A logging handler writing structured entries to journald, with extra ``fields``."""
+    """A logging handler writing structured entries to journald, with extra ``fields``.
+
+    Its SYSLOG_IDENTIFIER is the unit name without ``.service`` (what the units set with
+    ``SyslogIdentifier=%N``), so ``journalctl -t api@1`` shows these entries and the
+    stderr lines alike.
+    """
     from systemd.journal import JournalHandler
 
-    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="sockact", **fields)
+    unit = unit_name()
+    ident = unit.removesuffix(".service") if unit else "sockact"
+    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=ident, **fields)
     return handler

@@ -73,3 +73,16 @@ def test_inherited_sockets_require_our_pid(monkeypatch: pytest.MonkeyPatch) -> N
         os.close(saved)
         os.close(dup)
         listener.close()
+
+
+def test_unit_name_from_cgroup(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.write_text("0::/system.slice/system-api.slice/api@101.service\n")
+    assert systemd.unit_name(str(v2)) == "api@101.service"
+    v1 = tmp_path / "v1"
+    v1.write_text("12:pids:/\n1:name=systemd:/system.slice/api@2.service\n0::/\n")
+    assert systemd.unit_name(str(v1)) == "api@2.service"
+    none = tmp_path / "none"
+    none.write_text("0::/user.slice/session-1.scope\n")
+    assert systemd.unit_name(str(none)) is None
+    assert systemd.unit_name(str(tmp_path / "missing")) is None
