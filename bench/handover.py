@@ -47,6 +47,8 @@ THREADS = 8
 GUNICORN_WORKERS = 2
 KEEPALIVE_CLIENTS = 8
 NEW_CONN_CLIENTS = 8
+#: control-start-only: B listens on its run's port + this, where no client goes
+CONTROL_PORT_OFFSET = 10000
 #: after the old instance exited, the handover window goes on for this long
 AFTER_EXIT = 1.0
 
@@ -366,7 +368,7 @@ class Scenario:
     name: str
     what: str
     server: str  # sockact | gunicorn
-    mode: str  # reuseport | socket | hup
+    mode: str  # reuseport | socket | hup | start-only
     migrate_req: int
 
 
@@ -399,6 +401,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         0,
     ),
     Scenario("gunicorn-hup", "gunicorn HUP (one master keeps the socket)", "gunicorn", "hup", 0),
+    # The control: the same windows and the same second process (start, warm-up, READY,
+    # SIGTERM, exit), but on another port, so A keeps every request: what a process
+    # start costs the clients of A on this machine, without any handover.
+    Scenario(
+        "control-start-only",
+        "sockact A serves alone; B starts on another port, READY, stops",
+        "sockact",
+        "start-only",
+        1,
+    ),
 )
 
 
@@ -500,6 +512,15 @@ def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict
                 lambda _e: before <= old.events.exited(master), 40, old.proc, "old workers exit"
             )
             marks["old_gone"] = time.monotonic() - t0
+        elif sc.mode == "start-only":
+            other = SockactServer(procs, 2, "reuseport", port + CONTROL_PORT_OFFSET)
+            other.wait_ready()
+            marks["new_ready"] = time.monotonic() - t0
+            other.stop_gracefully()
+            marks["old_term"] = time.monotonic() - t0
+            other.wait_gone()
+            marks["old_gone"] = time.monotonic() - t0
+            new = old  # A served throughout and serves the tail window
         else:
             if isinstance(old, SockactServer):
                 new = SockactServer(procs, 2, old_listen(sc), port, shared_fd(shared))
@@ -544,6 +565,20 @@ def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict
         "tail": tl,
         "max_over_steady_p99": round(ho["max_ms"] / st["p99_ms"], 2) if st["p99_ms"] else None,
     }
+
+
+def max_from_ready(r: dict[str, Any]) -> float | None:
+    """Handover max latency counting only the seconds from the one B got ready in on.
+
+    The series has one-second buckets, so the bucket B's READY falls in counts whole
+    (a few hundred ms before READY are included: this errs against sockact).
+    """
+    ready = r["marks_s"].get("new_ready")
+    series = r["handover"].get("series") or []
+    if ready is None or not series:
+        return None
+    tail = [s["max_ms"] for s in series if s["t"] >= int(ready)]
+    return max(tail) if tail else None
 
 
 def old_listen(sc: Scenario) -> str:
@@ -648,6 +683,14 @@ def fmt_failures(failures: dict[str, int]) -> str:
     return f"{sum(failures.values())} (" + ", ".join(f"{k} {v}" for k, v in failures.items()) + ")"
 
 
+def fmt_from_ready(r: dict[str, Any]) -> str:
+    worst = max_from_ready(r)
+    st_p99 = r["steady"]["p99_ms"]
+    if worst is None:
+        return "-"
+    return f"{worst:.0f} ({worst / st_p99:.1f}x)" if st_p99 else f"{worst:.0f}"
+
+
 def handover_table(runs: list[dict[str, Any]]) -> str:
     head = (
         "handover",
@@ -660,6 +703,7 @@ def handover_table(runs: list[dict[str, Any]]) -> str:
         "steady p99",
         "steady max",
         "max/st.p99",
+        "max from READY",
         "load 1m",
     )
     rows = [head]
@@ -677,6 +721,7 @@ def handover_table(runs: list[dict[str, Any]]) -> str:
                 f"{st['p99_ms']:.1f}",
                 f"{st['max_ms']:.0f}",
                 "-" if r["max_over_steady_p99"] is None else f"{r['max_over_steady_p99']:.1f}x",
+                fmt_from_ready(r),
                 f"{r['loadavg_before'][0]:.2f}",
             )
         )
