@@ -1,0 +1,49 @@
+"""Fixtures of the Ansible tests: a lab of 2 hosts per test module, one wheelhouse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sockact.lab import Host, Lab
+from tests.ansible.playbooks import BIN, REPO, say
+from tests.lab_fixtures import lab_skip_reason
+
+
+@pytest.fixture(scope="module")
+def alab() -> Iterator[Lab]:
+    """A lab of 2 hosts for this module only."""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if not (BIN / "ansible-playbook").exists():
+        pytest.skip(f"ansible-playbook not installed next to {sys.executable}")
+    directory = Path(tempfile.mkdtemp(prefix="sockact-lab-ansible-", dir="/var/tmp"))
+    the_lab = Lab(directory)
+    try:
+        the_lab.up(2, progress=say)
+        yield the_lab
+    finally:
+        the_lab.down(progress=say, purge=True)
+
+
+@pytest.fixture(scope="module")
+def hosts(alab: Lab) -> list[Host]:
+    return alab.hosts()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once for the session (the playbook would build one per run without it)."""
+    out = tmp_path_factory.mktemp("wheelhouse")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out), str(REPO)],
+        check=True,
+        timeout=600,
+    )
+    return out
