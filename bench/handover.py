@@ -516,6 +516,7 @@ def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict
             other = SockactServer(procs, 2, "reuseport", port + CONTROL_PORT_OFFSET)
             other.wait_ready()
             marks["new_ready"] = time.monotonic() - t0
+            # here "old_term"/"old_gone" mark B's own stop: A is never stopped
             other.stop_gracefully()
             marks["old_term"] = time.monotonic() - t0
             other.wait_gone()
@@ -568,7 +569,7 @@ def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict
 
 
 def max_from_ready(r: dict[str, Any]) -> float | None:
-    """Handover max latency counting only the seconds from the one B got ready in on.
+    """Handover max latency over the one-second buckets from the one B got ready in.
 
     The series has one-second buckets, so the bucket B's READY falls in counts whole
     (a few hundred ms before READY are included: this errs against sockact).
