@@ -512,26 +512,25 @@ def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict
                 lambda _e: before <= old.events.exited(master), 40, old.proc, "old workers exit"
             )
             marks["old_gone"] = time.monotonic() - t0
-        elif sc.mode == "start-only":
-            other = SockactServer(procs, 2, "reuseport", port + CONTROL_PORT_OFFSET)
-            other.wait_ready()
-            marks["new_ready"] = time.monotonic() - t0
-            # here "old_term"/"old_gone" mark B's own stop: A is never stopped
-            other.stop_gracefully()
-            marks["old_term"] = time.monotonic() - t0
-            other.wait_gone()
-            marks["old_gone"] = time.monotonic() - t0
-            new = old  # A served throughout and serves the tail window
         else:
-            if isinstance(old, SockactServer):
-                new = SockactServer(procs, 2, old_listen(sc), port, shared_fd(shared))
+            started: SockactServer | GunicornMaster
+            stopped: SockactServer | GunicornMaster
+            if sc.mode == "start-only":
+                # the control: B on a port no client uses starts and stops; A serves
+                # throughout (and the tail), so "old_term"/"old_gone" mark B's own stop
+                started = stopped = SockactServer(procs, 2, "reuseport", port + CONTROL_PORT_OFFSET)
+                new = old
             else:
-                new = GunicornMaster(procs, "2", events, port, True, 2)
-            new.wait_ready()
+                if isinstance(old, SockactServer):
+                    new = SockactServer(procs, 2, old_listen(sc), port, shared_fd(shared))
+                else:
+                    new = GunicornMaster(procs, "2", events, port, True, 2)
+                started, stopped = new, old
+            started.wait_ready()
             marks["new_ready"] = time.monotonic() - t0
-            old.stop_gracefully()
+            stopped.stop_gracefully()
             marks["old_term"] = time.monotonic() - t0
-            old.wait_gone()
+            stopped.wait_gone()
             marks["old_gone"] = time.monotonic() - t0
         time.sleep(AFTER_EXIT)
         handover_report = load.cut()
