@@ -53,7 +53,7 @@ CONTROL_PORT_OFFSET = 10000
 AFTER_EXIT = 1.0
 
 sys.path.insert(0, str(ROOT))
-from sockact.probe import Probe, Report, Target  # noqa: E402
+from sockact.controller.probe import Probe, Report, Target  # noqa: E402
 
 _ports = iter(range(FIRST_PORT, 65000))
 
@@ -73,7 +73,7 @@ def loadavg() -> list[float]:
 def child_env(**extra: str) -> dict[str, str]:
     drop = ("SOCKACT_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "JOURNAL_STREAM")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(PYTHONUNBUFFERED="1", SOCKACT_DEMO_WARMUP="1")
+    env.update(PYTHONUNBUFFERED="1", DEMO_WARMUP="1")
     env.update(extra)
     return env
 
@@ -250,9 +250,9 @@ def sockact_argv(instance: int, listen: str, port: int) -> list[str]:
         SOCKACT,
         "serve",
         "--app",
-        "sockact.demo:create_app",
+        "sockact_demo:create_app",
         "--warmup",
-        "sockact.demo:warmup",
+        "sockact_demo:warmup",
         "--instance",
         str(instance),
         "--host",
@@ -298,7 +298,7 @@ class SockactServer:
         self, procs: Procs, instance: int, listen: str, port: int, fd: int | None = None
     ) -> None:
         self.notify = Notify(procs.logdir / f"notify-{instance}.sock")
-        env = child_env(NOTIFY_SOCKET=str(self.notify.path), SOCKACT_DEMO_VERSION=f"i{instance}")
+        env = child_env(NOTIFY_SOCKET=str(self.notify.path), DEMO_VERSION=f"i{instance}")
         argv = sockact_argv(instance, listen, port)
         if fd is not None:
             argv = [PYTHON, str(BENCH / "fdexec.py"), str(fd), "http", "--", *argv]
@@ -339,7 +339,7 @@ class GunicornMaster:
         env = child_env(
             BENCH_GUNICORN_EVENTS=str(events.path),
             SOCKACT_INSTANCE=str(instance),
-            SOCKACT_DEMO_VERSION=f"g{instance}",
+            DEMO_VERSION=f"g{instance}",
         )
         self.proc = procs.start(f"gunicorn-{label}", gunicorn_argv(port, reuse_port), env=env)
 
@@ -804,7 +804,8 @@ def inner(args: argparse.Namespace) -> int:
         "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "inner"
         },
-        "probe": f"sockact.probe.Probe: {KEEPALIVE_CLIENTS} keep-alive + {NEW_CONN_CLIENTS} "
+        "probe": f"sockact.controller.probe.Probe: {KEEPALIVE_CLIENTS} keep-alive + "
+        f"{NEW_CONN_CLIENTS} "
         "new-connection clients, no retries, a new probe per window",
         "handover": [],
     }

@@ -27,8 +27,8 @@ PORT = 8200
 
 
 def inner() -> int:
-    from sockact import sockets
     from sockact.errors import AddressError
+    from sockact.runtime import sockets
 
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

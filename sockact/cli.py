@@ -1,4 +1,4 @@
-"""Command line: ``sockact serve | check-config | print-config | units | lab``.
+"""Command line: ``sockact serve | check-config | print-config | units | probe``.
 
 Only this module ends the process: every other module raises
 :class:`sockact.errors.SockactError`, which is mapped here to its exit code.
@@ -16,7 +16,8 @@ from sockact.errors import EXIT_INTERNAL, SockactError
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
-    from sockact import lab, probe, serve_cli, units
+    from sockact.controller import probe, units
+    from sockact.runtime import commands
 
     parser = argparse.ArgumentParser(
         prog="sockact",
@@ -25,13 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
             "then READY=1; drain on stop."
         ),
         epilog="Exit codes: 0 ok, 1 internal error, 2 bad input, 3 app failed, "
-        "4 address problem, 130 forced stop. See README.md.",
+        "4 address problem, 6 probe saw a failed request (or none), 130 forced stop. "
+        "See README.md.",
     )
     parser.add_argument("--version", action="version", version=f"sockact {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve_cli.add_subcommands(sub)
+    commands.add_subcommands(sub)
     units.add_subcommand(sub)
-    lab.add_subcommand(sub)
     probe.add_subcommand(sub)
     return parser
 

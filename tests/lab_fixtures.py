@@ -3,7 +3,7 @@
 Tests that use it should be marked ``system``. It skips (with the reason) when not root
 or when systemd-nspawn and friends are missing. The hosts are always torn down: by the
 fixture's finalizer, or, if pytest itself was killed, by
-``sockact lab down --dir /var/tmp/sockact-lab-pytest-*``.
+``sockact-lab down --dir /var/tmp/sockact-lab-pytest-*``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sockact.lab import Lab, check_requirements
+from sockact_lab.lab import Lab, check_requirements
 
 LAB_HOSTS = 2
 LAB_PARENT = Path("/var/tmp")
@@ -37,7 +37,7 @@ def _progress(msg: str) -> None:
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
-    """A booted :class:`sockact.lab.Lab` with ``LAB_HOSTS`` hosts (see ``lab.hosts()``,
+    """A booted :class:`sockact_lab.lab.Lab` with ``LAB_HOSTS`` hosts (see ``lab.hosts()``,
     ``lab.inventory_path``); removed again at the end of the session."""
     reason = lab_skip_reason()
     if reason:

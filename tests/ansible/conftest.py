@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -10,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sockact.lab import Host, Lab
-from tests.ansible.playbooks import BIN, REPO, say
+from sockact_lab.lab import Host, Lab
+from tests.ansible.playbooks import BIN, say
 from tests.lab_fixtures import lab_skip_reason
+from tests.system import hostsetup as hs
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,4 @@ def hosts(alab: Lab) -> list[Host]:
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built once for the session (the playbook would build one per run without it)."""
-    out = tmp_path_factory.mktemp("wheelhouse")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out), str(REPO)],
-        check=True,
-        timeout=600,
-    )
-    return out
+    return hs.build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sockact.lab import Host
-from sockact.probe import Probe, Report, Target
+from sockact.controller.probe import Probe, Report, Target
+from sockact_lab.lab import Host
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"

@@ -5,7 +5,7 @@ Real ``ansible-playbook`` over SSH against a lab of its own (2 hosts, module sco
 state these tests leave does not leak into other system tests). The tests run in file
 order and build on each other: v1, then v2 under load, a broken v3, v2 again, a down host.
 
-Load: :class:`sockact.probe.Probe`, 6 keep-alive + 6 new-connection clients spread over
+Load: :class:`sockact.controller.probe.Probe`, 6 keep-alive + 6 new-connection clients spread over
 both hosts' main ports, never retrying; every failed request of any kind fails the test.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from sockact.lab import Host, Lab
+from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
     BIN,
     BLUE,
@@ -92,13 +92,13 @@ def test_failed_warmup_rolls_back_and_v2_keeps_serving(
     provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any]
 ) -> None:
     pids_before = {h.name: main_pids(h, GREEN) for h in hosts}
-    broken = {**deploy_vars, "sockact_version": "v3", "sockact_app_env": {"SOCKACT_DEMO_FAIL": "1"}}
+    broken = {**deploy_vars, "sockact_version": "v3", "sockact_app_env": {"DEMO_FAIL": "1"}}
     run, report = deploy_under_load("broken v3 deploy, rolled back", provisioned, broken, hosts)
     assert run.rc != 0, run.tail()
     first = hosts[0].name
     # green (v2) is active, so v3 went to blue: instance 1 is the first to fail
     assert f"api@{BLUE[0]} failed to start on {first}" in run.output, run.tail()
-    assert "SOCKACT_DEMO_FAIL" in run.output, run.tail()  # the journal tail says why
+    assert "DEMO_FAIL" in run.output, run.tail()  # the journal tail says why
     assert run.recap[first]["failed"] == 1, run.tail()
     assert report.failed == 0, report.format_table()
     assert {ver for (_inst, ver) in report.samples} == {"v2"}, report.samples

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sockact.lab import Host, Lab
+from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
     BLUE,
     GREEN,

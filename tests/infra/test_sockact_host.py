@@ -29,7 +29,7 @@ from sockact_infra import (
     syscall_groups,
 )
 
-from sockact.units import UnitOptions, render_units
+from sockact.controller.units import UnitOptions, render_units
 
 
 def _fail(problems: list[str]) -> None:
@@ -333,9 +333,7 @@ def test_instances_run_the_recorded_release(host: Any, layout: Any, record: Reco
         pid = pids[i]
         if pid:
             env = host.run("cat /proc/%s/environ", str(pid)).stdout.split("\0")
-            versions = {
-                e for e in env if e.startswith(("SOCKACT_RELEASE=", "SOCKACT_DEMO_VERSION="))
-            }
+            versions = {e for e in env if e.startswith(("SOCKACT_RELEASE=", "DEMO_VERSION="))}
             if not versions or any(e.split("=", 1)[1] != record.version for e in versions):
                 wrong.append(f"pid {pid} environment says {sorted(versions) or 'no version'}")
             cmdline = host.run("cat /proc/%s/cmdline", str(pid)).stdout.replace("\0", " ").strip()

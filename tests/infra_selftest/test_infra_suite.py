@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sockact.lab import Host, Lab
+from sockact_lab.lab import Host, Lab
 from tests.lab_fixtures import lab_skip_reason
 from tests.system import hostsetup as hs
 

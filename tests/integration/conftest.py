@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 SOCKACT = str(VENV_BIN / "sockact")
 PYTHON = str(VENV_BIN / "python")
-DEMO_APP = ["--app", "sockact.demo:create_app", "--warmup", "sockact.demo:warmup"]
+DEMO_APP = ["--app", "sockact_demo:create_app", "--warmup", "sockact_demo:warmup"]
 
 
 def is_root() -> bool:
@@ -346,7 +346,7 @@ class ServeFactory:
     ) -> ServeProc:
         """Start ``prefix... sockact serve --instance I --host 127.0.0.1 --port P ...``.
 
-        ``warmup`` sets SOCKACT_DEMO_WARMUP; ``command`` replaces the whole sockact part.
+        ``warmup`` sets DEMO_WARMUP; ``command`` replaces the whole sockact part.
         """
         if port is None or admin_port is None:
             p, a = free_port_pair()
@@ -354,7 +354,7 @@ class ServeFactory:
             admin_port = a if admin_port is None else admin_port
         extra_env = dict(env or {})
         if warmup is not None:
-            extra_env.setdefault("SOCKACT_DEMO_WARMUP", str(warmup))
+            extra_env.setdefault("DEMO_WARMUP", str(warmup))
         if command is None:
             command = [
                 SOCKACT,

@@ -55,7 +55,7 @@ def _watch_connects(port: int, stop: threading.Event, seen: list[str]) -> thread
 
 
 def test_admin_answers_while_main_port_refuses_during_warmup(serve: ServeFactory) -> None:
-    sp = serve.start(warmup=2, env={"SOCKACT_DEMO_VERSION": "v-test"})
+    sp = serve.start(warmup=2, env={"DEMO_VERSION": "v-test"})
     sp.wait_live()
     status, body = sp.admin("/ready")
     assert status == 503, body
@@ -77,7 +77,7 @@ def test_admin_answers_while_main_port_refuses_during_warmup(serve: ServeFactory
 
 
 def test_warmup_failure_exits_3_and_never_opens_main_port(serve: ServeFactory) -> None:
-    sp = serve.start(warmup=1, env={"SOCKACT_DEMO_FAIL": "1"})
+    sp = serve.start(warmup=1, env={"DEMO_FAIL": "1"})
     stop = threading.Event()
     seen: list[str] = []
     watcher = _watch_connects(sp.port, stop, seen)
@@ -89,7 +89,7 @@ def test_warmup_failure_exits_3_and_never_opens_main_port(serve: ServeFactory) -
     assert code == 3, sp.output()
     errors = [line for line in sp.stderr().splitlines() if line.startswith("sockact: error:")]
     assert len(errors) == 1, sp.output()
-    assert "warm-up" in errors[0] and "SOCKACT_DEMO_FAIL" in errors[0]
+    assert "warm-up" in errors[0] and "DEMO_FAIL" in errors[0]
     assert "Traceback" not in sp.stderr()
     assert len(seen) > 10  # the watcher really ran during the process's life
     assert set(seen) == {"refused"}, sorted(set(seen))
@@ -242,7 +242,7 @@ def test_bad_config_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
     port, admin_port = free_port_pair()
     cfg = tmp_path / "api.toml"
     cfg.write_text(
-        f'app = "sockact.demo:create_app"\ninstance = 1\nadmin_port = {admin_port}\n'
+        f'app = "sockact_demo:create_app"\ninstance = 1\nadmin_port = {admin_port}\n'
         'host = "127.0.0.1"\nthreds = 4\n'
     )
     began = time.monotonic()
@@ -303,7 +303,7 @@ def test_app_import_failure_exits_3(serve: ServeFactory) -> None:
 
 def test_check_config_and_print_config(tmp_path: Path) -> None:
     cfg = tmp_path / "api.toml"
-    cfg.write_text('app = "sockact.demo:create_app"\ninstance = 3\nthreads = 4\n')
+    cfg.write_text('app = "sockact_demo:create_app"\ninstance = 3\nthreads = 4\n')
     ok = _run(["check-config", "--config", str(cfg)])
     assert ok.returncode == 0, ok.stderr
     assert "instance 3" in ok.stdout

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sockact.lab import Host, Lab
+from sockact_lab.lab import Host, Lab
 from tests.system import hostsetup as hs
 
 RELEASES = ("1.0", "2.0")

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from sockact.lab import Host
+from sockact_lab.lab import Host
 
 NAME = "api"
 USER = "api"
@@ -37,16 +37,18 @@ SYSTEMD_DIR = "/etc/systemd/system"
 SYSCTL_FILE = f"/etc/sysctl.d/60-{NAME}-reuseport.conf"
 WHEELHOUSE_IN_HOST = "/var/lib/sockact-wheelhouse"
 PROJECT = Path(__file__).resolve().parents[2]
+DEMO = PROJECT / "examples" / "demo"
 
 
 # --------------------------------------------------------------------------- controller side
 
 
-def build_wheelhouse(dest: Path, project: Path = PROJECT) -> Path:
-    """``pip wheel`` sockact and its dependencies into ``dest`` (pip may use its cache)."""
+def build_wheelhouse(dest: Path, projects: tuple[Path, ...] = (PROJECT, DEMO)) -> Path:
+    """``pip wheel`` sockact, the demo app and their dependencies into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest), str(project)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest)]
+        + [str(p) for p in projects],
         capture_output=True,
         text=True,
         timeout=600,
@@ -97,7 +99,7 @@ def copy_wheelhouse(host: Host, wheelhouse: Path) -> str:
 
 
 def install_release(host: Host, version: str, wheelhouse: str = WHEELHOUSE_IN_HOST) -> str:
-    """A venv ``/opt/api/releases/<version>`` with sockact from the wheelhouse, offline."""
+    """A venv ``/opt/api/releases/<version>`` with sockact and the demo, offline."""
     release = f"{RELEASE_ROOT}/releases/{version}"
     marker = f"{release}/.sockact-release"
     if host.run("test", "-f", marker, check=False).returncode == 0:
@@ -113,6 +115,7 @@ def install_release(host: Host, version: str, wheelhouse: str = WHEELHOUSE_IN_HO
         "--find-links",
         wheelhouse,
         "sockact",
+        "sockact-demo",
         timeout=300,
     )
     write_file(host, marker, version + "\n")
@@ -128,8 +131,8 @@ def instance_toml(
     instance: int, *, drain_timeout: float = 10.0, extra: dict[str, object] | None = None
 ) -> str:
     settings: dict[str, object] = {
-        "app": "sockact.demo:create_app",
-        "warmup": "sockact.demo:warmup",
+        "app": "sockact_demo:create_app",
+        "warmup": "sockact_demo:warmup",
         "port": PORT,
         "drain_timeout": drain_timeout,
         **(extra or {}),
@@ -161,12 +164,12 @@ def write_instance(
         owner=f"root:{USER}",
     )
     env = [
-        f"SOCKACT_DEMO_VERSION={version}",
+        f"DEMO_VERSION={version}",
         f"SOCKACT_RELEASE={version}",
-        f"SOCKACT_DEMO_WARMUP={warmup:g}",
+        f"DEMO_WARMUP={warmup:g}",
     ]
     if fail:
-        env.append("SOCKACT_DEMO_FAIL=1")
+        env.append("DEMO_FAIL=1")
     write_file(host, f"{base}.env", "\n".join(env) + "\n", mode="0640", owner=f"root:{USER}")
     host.run("install", "-d", "-m", "0755", f"{RELEASE_ROOT}/instances")
     link = f"{RELEASE_ROOT}/instances/{instance}"

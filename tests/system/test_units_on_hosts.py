@@ -2,8 +2,8 @@
 
 Host 1 runs reuseport mode, host 2 socket mode (see conftest.py for the deployment).
 Load comes from the root namespace to the host's ``10.203.<n>.2:8080`` through
-:class:`sockact.probe.Probe`, which never retries. Figures are printed (``-s`` shows them)
-as ``FIGURES ...`` lines.
+:class:`sockact.controller.probe.Probe`, which never retries. Figures are printed (``-s``
+shows them) as ``FIGURES ...`` lines.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sockact.lab import Host
-from sockact.probe import Probe, Report, Target
+from sockact.controller.probe import Probe, Report, Target
+from sockact_lab.lab import Host
 from tests.system import hostsetup as hs
 from tests.system.conftest import BROKEN, DRAIN_TIMEOUT, WATCHDOG, Deployed
 
@@ -230,7 +230,7 @@ def test_journal_has_phase_lines_with_instance_fields(reuseport: Deployed) -> No
     assert {e["INSTANCE"] for e in entries} == {"2"}, entries[:3]
     assert {"starting", "warming", "ready"} <= phases, phases
     warming = [e for e in entries if e.get("PHASE") == "warming"]
-    assert any("warming up sockact.demo:create_app" in e["MESSAGE"] for e in warming), warming
+    assert any("warming up sockact_demo:create_app" in e["MESSAGE"] for e in warming), warming
 
 
 def test_stop_lets_a_request_in_flight_finish(reuseport: Deployed) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sockact import config
 from sockact.errors import BadInput
+from sockact.runtime import config
 
-APP = "sockact.demo:create_app"
+APP = "sockact_demo:create_app"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -118,7 +118,7 @@ def test_cross_checks() -> None:
 def test_demo_variables_are_not_settings() -> None:
     cfg = config.load(
         None,
-        env={"SOCKACT_DEMO_WARMUP": "3", "SOCKACT_RELEASE": "v1"},
+        env={"DEMO_WARMUP": "3", "SOCKACT_RELEASE": "v1"},
         flags={"app": APP, "instance": "1"},
     )
     assert cfg.instance == 1

@@ -1,14 +1,13 @@
-"""Pure parts of sockact.lab: addressing, index allocation, inventory, state, CLI."""
+"""Pure parts of sockact_lab.lab: addressing, index allocation, inventory, state, CLI."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
-from sockact import lab
-from sockact.errors import BadInput, SockactError
+from sockact_lab import cli, lab
+from sockact_lab.errors import LabError, LabUsageError
 
 
 def _host(index: int, key: Path = Path("/l/id_ed25519")) -> lab.Host:
@@ -42,15 +41,15 @@ def test_allocate_takes_the_lowest_free_indices() -> None:
 
 
 def test_allocate_fails_when_the_range_is_full() -> None:
-    with pytest.raises(SockactError, match="free network indices"):
+    with pytest.raises(LabError, match="free network indices"):
         lab.allocate_indices(2, range(1, 254))
 
 
 @pytest.mark.parametrize("count", [0, -1, lab.MAX_HOSTS + 1])
 def test_bad_counts_are_bad_input(count: int) -> None:
-    with pytest.raises(BadInput):
+    with pytest.raises(LabUsageError):
         lab.allocate_indices(count, [])
-    with pytest.raises(BadInput):
+    with pytest.raises(LabUsageError):
         lab.Lab(Path("/nonexistent/lab")).up(count)
 
 
@@ -82,7 +81,7 @@ def test_host_state_round_trips_through_json() -> None:
 
 
 def test_bad_state_entry_is_a_clear_error() -> None:
-    with pytest.raises(SockactError, match="bad host entry"):
+    with pytest.raises(LabError, match="bad host entry"):
         lab.Host.from_json({"name": "x"})
 
 
@@ -103,17 +102,21 @@ def test_ssh_args_use_the_lab_key() -> None:
 
 
 def test_command_line() -> None:
-    parser = argparse.ArgumentParser(prog="sockact")
-    sub = parser.add_subparsers(dest="command", required=True)
-    lab.add_subcommand(sub)
-    args = parser.parse_args(["lab", "up", "--hosts", "3", "--dir", "/tmp/x"])
-    assert (args.hosts, args.dir, args.func) == (3, "/tmp/x", lab._cmd_up)
-    args = parser.parse_args(["lab", "list"])
-    assert (args.dir, args.func) == (str(lab.DEFAULT_DIR), lab._cmd_list)
-    args = parser.parse_args(["lab", "down", "--purge"])
-    assert args.purge and args.func == lab._cmd_down
+    parser = cli.build_parser()
+    args = parser.parse_args(["up", "--hosts", "3", "--dir", "/tmp/x"])
+    assert (args.hosts, args.dir, args.func) == (3, "/tmp/x", cli._cmd_up)
+    args = parser.parse_args(["list"])
+    assert (args.dir, args.func) == (str(lab.DEFAULT_DIR), cli._cmd_list)
+    args = parser.parse_args(["down", "--purge"])
+    assert args.purge and args.func == cli._cmd_down
 
 
 def test_list_on_an_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert lab._cmd_list(argparse.Namespace(dir=str(tmp_path))) == 0
+    assert cli.main(["list", "--dir", str(tmp_path)]) == 0
     assert "no hosts" in capsys.readouterr().out
+
+
+def test_lab_failures_have_their_own_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    # a usage problem is 2, a lab failure 5: neither looks like an internal error (1)
+    assert cli.main(["up", "--hosts", "0", "--dir", "/nonexistent/lab"]) == 2
+    assert "--hosts must be between" in capsys.readouterr().err

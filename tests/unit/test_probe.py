@@ -1,4 +1,4 @@
-"""sockact.probe against real servers on 127.0.0.1 made here (no mocked sockets)."""
+"""sockact.controller.probe against real servers on 127.0.0.1 made here (no mocked sockets)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from sockact import probe
+from sockact.controller import probe
+from sockact.controller.probe import FAILURE_KINDS, Probe, Report, Target
 from sockact.errors import BadInput
-from sockact.probe import FAILURE_KINDS, Probe, Report, Target
 
 BODY = b'{"instance": "api@1", "version": "1.2.3"}'
 

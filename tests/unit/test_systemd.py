@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sockact import systemd
+from sockact.runtime import systemd
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sockact import units
+from sockact.controller import units
+from sockact.controller.units import LISTEN_MODES, UnitOptions, render_units, write_units
 from sockact.errors import BadInput
-from sockact.units import LISTEN_MODES, UnitOptions, render_units, write_units
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "units"

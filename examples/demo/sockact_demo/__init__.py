@@ -1,11 +1,12 @@
 """The demo app: a Flask API with a warm-up, for trying sockact and for its tests.
 
-Environment: ``SOCKACT_DEMO_WARMUP`` (seconds the warm-up takes, default 1),
-``SOCKACT_DEMO_VERSION`` (the release it reports, default ``dev``),
-``SOCKACT_DEMO_FAIL`` (when ``1``, the warm-up raises: a broken release)::
+Its own distribution (``sockact-demo``, examples/demo), not part of sockact. It reports
+the version of its installed distribution. Environment: ``DEMO_WARMUP`` (seconds the
+warm-up takes, default 1), ``DEMO_VERSION`` (overrides the version it reports),
+``DEMO_FAIL`` (when ``1``, the warm-up raises: a broken release)::
 
-    sockact serve --app sockact.demo:create_app --warmup sockact.demo:warmup --instance 1
-    curl localhost:8080/          # {"instance": 1, "pid": ..., "version": "dev"}
+    sockact serve --app sockact_demo:create_app --warmup sockact_demo:warmup --instance 1
+    curl localhost:8080/          # {"instance": 1, "pid": ..., "version": "1.0.0"}
     curl 'localhost:8080/slow?ms=2000'
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from importlib.metadata import PackageNotFoundError, version
 
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -26,10 +28,17 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"{name} = {raw!r} is not a number") from None
 
 
+def _installed_version() -> str:
+    try:
+        return version("sockact-demo")
+    except PackageNotFoundError:
+        return "dev"
+
+
 def create_app() -> Flask:
     """Build the demo app (cheap); :func:`warmup` does the slow part."""
-    app = Flask("sockact.demo")
-    app.config["VERSION"] = os.environ.get("SOCKACT_DEMO_VERSION", "dev")
+    app = Flask("sockact_demo")
+    app.config["VERSION"] = os.environ.get("DEMO_VERSION") or _installed_version()
     app.config["INSTANCE"] = int(os.environ.get("SOCKACT_INSTANCE", "0") or 0)
     app.config["WARM"] = False
 
@@ -57,10 +66,10 @@ def create_app() -> Flask:
 
 
 def warmup(app: Flask) -> None:
-    """Stands in for loading caches: sleeps SOCKACT_DEMO_WARMUP seconds (default 1)."""
-    seconds = _env_float("SOCKACT_DEMO_WARMUP", 1.0)
-    if os.environ.get("SOCKACT_DEMO_FAIL") == "1":
+    """Stands in for loading caches: sleeps DEMO_WARMUP seconds (default 1)."""
+    seconds = _env_float("DEMO_WARMUP", 1.0)
+    if os.environ.get("DEMO_FAIL") == "1":
         time.sleep(min(seconds, 1.0))
-        raise RuntimeError("SOCKACT_DEMO_FAIL=1: this release's warm-up fails on purpose")
+        raise RuntimeError("DEMO_FAIL=1: this release's warm-up fails on purpose")
     time.sleep(seconds)
     app.config["WARM"] = True

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sockact import config
-from sockact.config import SETTINGS, Config
+from sockact.runtime import config
+from sockact.runtime.config import SETTINGS, Config
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sockact.lifecycle import Instance
+    from sockact.runtime.lifecycle import Instance
 
     return Instance(_load(args)).run()
 
@@ -59,8 +59,8 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "answer with Connection: close, close idle keep-alive connections after "
             "idle_grace; a second signal exits at once."
         ),
-        epilog="example: sockact serve --app sockact.demo:create_app "
-        "--warmup sockact.demo:warmup --instance 1 --port 8080",
+        epilog="example: sockact serve --app sockact_demo:create_app "
+        "--warmup sockact_demo:warmup --instance 1 --port 8080",
     )
     _add_settings(serve)
     serve.set_defaults(func=_serve)

@@ -219,8 +219,6 @@ def _read_env(env: Mapping[str, str], problems: list[str]) -> dict[str, str]:
         key = name[len(ENV_PREFIX) :].lower()
         if key in SETTINGS:
             out[key] = value
-        elif key.startswith("demo_"):
-            continue  # the demo app's own variables (sockact.demo)
         elif key == "release":
             continue  # the release label the deploy writes into <i>.env (docs/architecture.md)
         else:

@@ -4,7 +4,7 @@ Everything here is silent outside systemd: with no NOTIFY_SOCKET, :func:`notify`
 nothing, so ``sockact serve`` runs the same by hand, under systemd, or under
 ``systemd-socket-activate``::
 
-    systemd-socket-activate -l 8080 --fdname=http sockact serve --app sockact.demo:create_app \
+    systemd-socket-activate -l 8080 --fdname=http sockact serve --app sockact_demo:create_app \
         --instance 1 --listen inherit
 """
 

@@ -31,9 +31,9 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
-from sockact.metrics import Metrics
+from sockact.runtime.metrics import Metrics
 
-log = logging.getLogger("sockact.server")
+log = logging.getLogger("sockact.runtime.server")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

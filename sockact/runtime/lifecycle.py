@@ -19,12 +19,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, cast
 
-from sockact import sockets, systemd
-from sockact.admin import AdminServer, wsgi_check
-from sockact.config import Config
 from sockact.errors import AddressError, AppFailed, ForcedExit
-from sockact.metrics import Metrics
-from sockact.server import WaitressServer, WSGIApp
+from sockact.runtime import sockets, systemd
+from sockact.runtime.admin import AdminServer, wsgi_check
+from sockact.runtime.config import Config
+from sockact.runtime.metrics import Metrics
+from sockact.runtime.server import WaitressServer, WSGIApp
 
 log = logging.getLogger("sockact")
 

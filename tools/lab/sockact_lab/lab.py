@@ -1,4 +1,4 @@
-"""Throwaway test hosts with a real systemd: ``sockact lab up | list | down``.
+"""Throwaway test hosts with a real systemd: ``sockact-lab up | list | down``.
 
 Each host is a ``systemd-nspawn -b`` container booted on an overlay of ``/`` (so the
 machine's ``/usr/bin/python3``, the checkout and its venv are visible inside), in its own
@@ -20,7 +20,6 @@ Needs root and systemd-nspawn (Debian: ``apt-get install systemd-container``).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import itertools
@@ -38,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sockact.errors import BadInput, SockactError
+from sockact_lab.errors import LabError, LabUsageError
 
 DEFAULT_DIR = Path("/var/tmp/sockact-lab")
 LOCK_FILE = Path("/run/sockact-lab.lock")
@@ -129,7 +128,7 @@ def gateway_address(index: int) -> str:
 
 def validate_count(count: int) -> None:
     if not MIN_INDEX <= count <= MAX_HOSTS:
-        raise BadInput(f"lab: --hosts must be between 1 and {MAX_HOSTS}, got {count}")
+        raise LabUsageError(f"lab: --hosts must be between 1 and {MAX_HOSTS}, got {count}")
 
 
 def allocate_indices(count: int, taken: Iterable[int]) -> list[int]:
@@ -138,9 +137,9 @@ def allocate_indices(count: int, taken: Iterable[int]) -> list[int]:
     used = set(taken)
     free = [i for i in range(MIN_INDEX, MAX_INDEX + 1) if i not in used]
     if len(free) < count:
-        raise SockactError(
+        raise LabError(
             f"lab: only {len(free)} free network indices left, {count} needed "
-            f"(run 'sockact lab down' for stale labs, see 'ip netns')"
+            f"(run 'sockact-lab down' for stale labs, see 'ip netns')"
         )
     return free[:count]
 
@@ -199,7 +198,7 @@ class Host:
             check=False,
         )
         if check and proc.returncode != 0:
-            raise SockactError(
+            raise LabError(
                 f"lab: {shlex.join(cmd)} in {self.name} exited {proc.returncode}: "
                 f"{_last_line(proc.stderr or proc.stdout)}"
             )
@@ -224,7 +223,7 @@ class Host:
             check=False,
         )
         if check and proc.returncode != 0:
-            raise SockactError(
+            raise LabError(
                 f"lab: ssh {self.address} {shlex.join(cmd)} exited {proc.returncode}: "
                 f"{_last_line(proc.stderr or proc.stdout)}"
             )
@@ -250,7 +249,7 @@ class Host:
                 netns_inode=int(data.get("netns_inode", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise SockactError(f"lab: bad host entry in state file: {exc!r}") from exc
+            raise LabError(f"lab: bad host entry in state file: {exc!r}") from exc
 
 
 def render_inventory(hosts: Iterable[Host], key: Path) -> str:
@@ -285,7 +284,7 @@ def _sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
         check=False,
     )
     if check and proc.returncode != 0:
-        raise SockactError(
+        raise LabError(
             f"lab: {shlex.join(cmd)} exited {proc.returncode}: {_last_line(proc.stderr)}"
         )
     return proc
@@ -355,6 +354,11 @@ def _is_nspawn_for(pid: int, root: Path) -> bool:
     if not args or not args[0].endswith("systemd-nspawn"):
         return False
     return any(a == "-D" and b == str(root) for a, b in itertools.pairwise(args))
+
+
+def is_running(host: Host) -> bool:
+    """True while ``host``'s systemd-nspawn runs."""
+    return _is_nspawn_for(host.nspawn_pid, host.root)
 
 
 def _nspawn_pids_under(directory: Path) -> list[int]:
@@ -525,7 +529,7 @@ class Lab:
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as exc:
-            raise SockactError(f"lab: cannot read {self.state_path}: {exc}") from exc
+            raise LabError(f"lab: cannot read {self.state_path}: {exc}") from exc
         return [Host.from_json(h) for h in data.get("hosts", [])]
 
     def _write_state(self, hosts: list[Host]) -> None:
@@ -545,7 +549,7 @@ class Lab:
         validate_count(count)
         problems = check_requirements()
         if problems:
-            raise SockactError(problems[0], details=problems[1:])
+            raise LabError(problems[0], details=problems[1:])
         self.directory.mkdir(parents=True, exist_ok=True)
         with _flock(self.directory / ".lock"):
             self._refuse_or_clean_stale(say)
@@ -562,9 +566,9 @@ class Lab:
         old = self.hosts()
         running = [h.name for h in old if _is_nspawn_for(h.nspawn_pid, h.root)]
         if running:
-            raise SockactError(
+            raise LabError(
                 f"lab: {self.directory} already has running hosts ({', '.join(running)}); "
-                f"run 'sockact lab down --dir {self.directory}' first"
+                f"run 'sockact-lab down --dir {self.directory}' first"
             )
         if old or _mounts_under(self.directory) or _nspawn_pids_under(self.directory):
             say(f"cleaning stale state of a previous run in {self.directory}")
@@ -751,9 +755,9 @@ class Lab:
         self._procs[proc.pid] = proc
         h.nspawn_pid = proc.pid
 
-    def _boot_failed(self, h: Host, why: str) -> SockactError:
+    def _boot_failed(self, h: Host, why: str) -> LabError:
         log = self.host_dir(h.name) / "nspawn.log"
-        return SockactError(f"lab: {h.name} {why}; nspawn log: {_tail(log)}")
+        return LabError(f"lab: {h.name} {why}; nspawn log: {_tail(log)}")
 
     def _wait_booted(self, h: Host, say: Progress) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
@@ -837,16 +841,16 @@ class Lab:
         for mnt in _mounts_under(self.directory):
             try:
                 self._umount(Path(mnt))
-            except SockactError as exc:
+            except LabError as exc:
                 errors.append(exc.message)
         if errors:
-            raise SockactError(errors[0], details=errors[1:])
+            raise LabError(errors[0], details=errors[1:])
         for path in (self.state_path, self.inventory_path):
             path.unlink(missing_ok=True)
 
     def _purge(self) -> None:
         if _mounts_under(self.directory):
-            raise SockactError(f"lab: mounts left under {self.directory}; not removing it")
+            raise LabError(f"lab: mounts left under {self.directory}; not removing it")
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _stop_host(self, h: Host, say: Progress) -> None:
@@ -890,7 +894,7 @@ class Lab:
         with contextlib.suppress(OSError):
             propagate.rmdir()
         if _mounts_under(base):  # never rm -rf through a mounted overlay of /
-            raise SockactError(f"lab: {base} still has mounts; not removing it")
+            raise LabError(f"lab: {base} still has mounts; not removing it")
         if base.exists():
             shutil.rmtree(base)
         say(f"{h.name}: removed")
@@ -901,7 +905,7 @@ class Lab:
             deadline = time.monotonic() + 10
             while pids := _cgroup_pids(cg):
                 if time.monotonic() > deadline:
-                    raise SockactError(f"lab: processes {pids} in cgroup {cg} do not die")
+                    raise LabError(f"lab: processes {pids} in cgroup {cg} do not die")
                 say(f"{h.name}: killing {len(pids)} leftover process(es) in {cg}")
                 for pid in pids:
                     with contextlib.suppress(ProcessLookupError):
@@ -917,7 +921,7 @@ class Lab:
         deadline = time.monotonic() + 10
         while pids := _pids_in_netns(h.netns_inode):
             if time.monotonic() > deadline:
-                raise SockactError(f"lab: processes {pids} in {h.netns} do not die")
+                raise LabError(f"lab: processes {pids} in {h.netns} do not die")
             say(f"{h.name}: killing {len(pids)} leftover process(es) in {h.netns}")
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -969,7 +973,7 @@ class Lab:
         if _mounts_under(mnt):
             _sh("umount", "-l", str(mnt), check=False)
         if _mounts_under(mnt):
-            raise SockactError(f"lab: cannot unmount {mnt}")
+            raise LabError(f"lab: cannot unmount {mnt}")
 
     def _remove_netns(self, index: int) -> None:
         outer, _inner = veth_names(index)
@@ -978,85 +982,4 @@ class Lab:
         if outer in _list_links():
             _sh("ip", "link", "delete", outer, check=False)
         if netns_name(index) in _list_netns() or outer in _list_links():
-            raise SockactError(f"lab: cannot remove netns {netns_name(index)} / {outer}")
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _print_progress(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _cmd_up(args: argparse.Namespace) -> int:
-    lab = Lab(Path(args.dir))
-    hosts = lab.up(args.hosts, progress=_print_progress)
-    for h in hosts:
-        print(f"{h.name} {h.address}")
-    print(f"inventory: {lab.inventory_path}")
-    print(f"ssh: {shlex.join(hosts[0].ssh_args())}" if hosts else "no hosts")
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    lab = Lab(Path(args.dir))
-    hosts = lab.hosts()
-    if not hosts:
-        print(f"no hosts in {lab.directory}")
-        return 0
-    for h in hosts:
-        state = "running" if _is_nspawn_for(h.nspawn_pid, h.root) else "stopped"
-        print(f"{h.name} {h.address} {state} nspawn={h.nspawn_pid} init={h.init_pid}")
-    print(f"inventory: {lab.inventory_path}")
-    return 0
-
-
-def _cmd_down(args: argparse.Namespace) -> int:
-    lab = Lab(Path(args.dir))
-    lab.down(progress=_print_progress, purge=args.purge)
-    print(f"lab in {lab.directory} is down")
-    return 0
-
-
-def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``lab up | list | down`` to the sockact command line."""
-    lab = sub.add_parser(
-        "lab",
-        help="throwaway systemd test hosts (systemd-nspawn; needs root)",
-        description="Boot throwaway hosts with a real systemd and sshd, for Ansible and tests.",
-    )
-    lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
-
-    def add_dir(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--dir", default=str(DEFAULT_DIR), help=f"lab directory (default {DEFAULT_DIR})"
-        )
-
-    up = lab_sub.add_parser("up", help="boot hosts and write inventory.ini")
-    up.add_argument("--hosts", type=int, default=2, help="number of hosts (default 2)")
-    add_dir(up)
-    up.set_defaults(func=_cmd_up)
-
-    ls = lab_sub.add_parser("list", help="show the lab's hosts")
-    add_dir(ls)
-    ls.set_defaults(func=_cmd_list)
-
-    down = lab_sub.add_parser("down", help="stop hosts and remove mounts, netns and files")
-    add_dir(down)
-    down.add_argument(
-        "--purge", action="store_true", help="also remove the key and the lab directory"
-    )
-    down.set_defaults(func=_cmd_down)
-
-
-__all__ = [
-    "DEFAULT_DIR",
-    "Host",
-    "Lab",
-    "add_subcommand",
-    "allocate_indices",
-    "check_requirements",
-    "host_address",
-    "indices_in_use",
-    "render_inventory",
-]
+            raise LabError(f"lab: cannot remove netns {netns_name(index)} / {outer}")

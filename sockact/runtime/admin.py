@@ -17,11 +17,11 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 from sockact.errors import AddressError
-from sockact.metrics import Metrics
+from sockact.runtime.metrics import Metrics
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
-log = logging.getLogger("sockact.admin")
+log = logging.getLogger("sockact.runtime.admin")
 
 
 class _Handler(BaseHTTPRequestHandler):

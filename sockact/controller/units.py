@@ -223,7 +223,7 @@ def _path_problem(value: object) -> str | None:
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("sockact", "templates"),
+        loader=jinja2.PackageLoader("sockact.controller", "templates"),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # unit files, not HTML
         keep_trailing_newline=True,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sockact.errors import AddressError
-from sockact.systemd import inherited_sockets
+from sockact.runtime.systemd import inherited_sockets
 
 MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 

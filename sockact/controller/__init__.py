@@ -1,0 +1,1 @@
+"""What an operator runs from a controller: ``sockact units render``, ``sockact probe``."""

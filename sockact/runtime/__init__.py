@@ -1,0 +1,1 @@
+"""What runs on a host: ``sockact serve`` (settings, lifecycle, server, admin, systemd)."""
