@@ -1,4 +1,4 @@
-"""Command line: ``sockact serve | check-config | print-config | units | probe``.
+"""Command line: ``sockact serve | check-config | print-config | units | probe | layout``.
 
 Only this module ends the process: every other module raises
 :class:`sockact.errors.SockactError`, which is mapped here to its exit code.
@@ -16,6 +16,7 @@ from sockact.errors import EXIT_INTERNAL, SockactError
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
+    from sockact import layout
     from sockact.controller import probe, units
     from sockact.runtime import commands
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_subcommands(sub)
     units.add_subcommand(sub)
     probe.add_subcommand(sub)
+    layout.add_subcommand(sub)
     return parser
 
 

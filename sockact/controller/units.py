@@ -28,9 +28,10 @@ from typing import Any
 
 import jinja2
 
+from sockact import layout
 from sockact.errors import BadInput
 
-LISTEN_MODES = ("reuseport", "socket")
+LISTEN_MODES = layout.DEPLOY_LISTEN_MODES
 
 #: Seconds TimeoutStopSec adds on top of drain_timeout: the idle grace, closing the admin
 #: server and the interpreter's exit all happen after the drain deadline.
@@ -256,13 +257,16 @@ def render_units(opts: UnitOptions) -> dict[str, str]:
         "drain_display": f"{opts.drain_timeout:g}",
         "needs_bind_capability": opts.listen == "reuseport" and opts.port < 1024,
         "listen_stream": listen_stream(opts),
+        "socket_name": layout.SOCKET_NAME,
+        "layout": layout.HostLayout(opts.name, opts.config_dir, opts.release_root),
     }
-    templates = {f"{opts.name}@.service": "instance.service.j2"}
+    host = layout.HostLayout(opts.name, opts.config_dir, opts.release_root)
+    templates = {host.instance_unit_file: "instance.service.j2"}
     if opts.listen == "socket":
-        templates[f"{opts.name}.socket"] = "socket.socket.j2"
-        templates[f"{opts.name}.service"] = "holder.service.j2"
+        templates[host.socket_unit] = "socket.socket.j2"
+        templates[host.holder_unit] = "holder.service.j2"
     else:
-        templates[f"60-{opts.name}-reuseport.conf"] = "reuseport-sysctl.conf.j2"
+        templates[host.sysctl_file] = "reuseport-sysctl.conf.j2"
     return {
         file_name: env.get_template(template).render(context)
         for file_name, template in templates.items()

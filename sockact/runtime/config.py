@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sockact import layout
 from sockact.errors import BadInput
 
 ENV_PREFIX = "SOCKACT_"
-LISTEN_MODES = ("auto", "reuseport", "inherit")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -127,7 +127,7 @@ class Config:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0  # 0 means 9000 + instance, resolved by load()
     listen: str = "auto"
-    socket_name: str = "http"
+    socket_name: str = layout.SOCKET_NAME
     threads: int = 8
     backlog: int = 1024
     connection_limit: int = 1000
@@ -150,7 +150,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "port": (_parse_int, "port of the main listener (default 8080)"),
     "admin_host": (_parse_host, "address of the admin server (default 127.0.0.1)"),
     "admin_port": (_parse_int, "admin port (default 9000 + instance)"),
-    "listen": (_choice(LISTEN_MODES), "auto | reuseport | inherit (default auto)"),
+    "listen": (_choice(layout.SERVE_LISTEN_MODES), "auto | reuseport | inherit (default auto)"),
     "socket_name": (_parse_str, "FileDescriptorName of the inherited socket (default http)"),
     "threads": (_parse_int, "worker threads (default 8)"),
     "backlog": (_parse_int, "listen() backlog in reuseport mode (default 1024)"),
@@ -273,7 +273,7 @@ def load(
         raise BadInput(_summary(problems), details=problems)
 
     if "admin_port" not in values:
-        values["admin_port"] = 9000 + values["instance"]
+        values["admin_port"] = layout.admin_port(values["instance"])
         sources["admin_port"] = "default (9000 + instance)"
         if values["admin_port"] > 65535:
             problems.append(

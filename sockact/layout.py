@@ -1,0 +1,182 @@
+"""The host layout: the one home of every name, path and number that the runtime, the
+unit files, the Ansible role, the tests and the host checks share.
+
+Nothing else writes these facts down: the runtime takes the admin port from here, the
+units and the role take paths, colors and file names from here (the role through
+``sockact layout --json`` on the controller), and so do the tests.
+
+>>> HostLayout("api").instance_config(101)
+'/etc/api/instances/101.toml'
+>>> admin_port(101), color_of(101), instances_of("green", 2)
+(9101, 'green', [101, 102])
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+#: How the instances of a host share the main port (``sockact units render --listen``,
+#: the role's ``sockact_listen``): each binds it with SO_REUSEPORT, or systemd's socket unit
+#: holds it and every instance inherits it.
+DEPLOY_LISTEN_MODES: Final = ("reuseport", "socket")
+#: What ``sockact serve`` does about the listener (its ``listen`` setting): ``inherit`` the
+#: socket systemd passed, bind with SO_REUSEPORT, or ``auto`` (inherit when one was passed).
+SERVE_LISTEN_MODES: Final = ("auto", "reuseport", "inherit")
+#: The ``listen`` setting each deploy mode writes into the instances' config files.
+SERVE_MODE_OF: Final = {"reuseport": "reuseport", "socket": "inherit"}
+
+DEFAULT_NAME: Final = "api"
+#: FileDescriptorName= of the socket unit, and the ``socket_name`` an instance looks for.
+SOCKET_NAME: Final = "http"
+
+#: An instance's admin server listens on 127.0.0.1:ADMIN_PORT_BASE + instance.
+ADMIN_PORT_BASE: Final = 9000
+#: Blue/green: the instances of a color are offset + 1 .. offset + N.
+COLOR_OFFSETS: Final = {"blue": 0, "green": 100}
+#: At most this many instances per color (so the colors never overlap).
+MAX_PER_COLOR: Final = 99
+
+
+def admin_port(instance: int) -> int:
+    """The default admin port of ``instance``."""
+    return ADMIN_PORT_BASE + instance
+
+
+def instances_of(color: str, count: int) -> list[int]:
+    """The instance numbers of ``color`` when each color runs ``count`` instances."""
+    offset = COLOR_OFFSETS[color]
+    return list(range(offset + 1, offset + 1 + count))
+
+
+def color_of(instance: int) -> str:
+    """The color ``instance`` belongs to."""
+    for color, offset in sorted(COLOR_OFFSETS.items(), key=lambda kv: -kv[1]):
+        if offset < instance <= offset + MAX_PER_COLOR:
+            return color
+    raise ValueError(f"instance {instance} belongs to no color")
+
+
+def other_color(color: str) -> str:
+    """Blue for green and green for blue."""
+    (other,) = (c for c in COLOR_OFFSETS if c != color)
+    return other
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    """Where a deploy of unit name ``name`` keeps its files on a host.
+
+    Empty ``config_dir`` and ``release_root`` default to ``/etc/<name>`` and ``/opt/<name>``.
+    """
+
+    name: str = DEFAULT_NAME
+    config_dir: str = ""
+    release_root: str = ""
+    unit_dir: str = "/etc/systemd/system"
+    sysctl_dir: str = "/etc/sysctl.d"
+
+    def __post_init__(self) -> None:
+        if not self.config_dir:
+            object.__setattr__(self, "config_dir", f"/etc/{self.name}")
+        if not self.release_root:
+            object.__setattr__(self, "release_root", f"/opt/{self.name}")
+
+    # -- files of the config dir (root-owned, readable by the service group)
+    @property
+    def deploy_record(self) -> str:
+        """The record of the last finished switch (color, release, instances...)."""
+        return f"{self.config_dir}/deploy.json"
+
+    def instance_config(self, instance: int | str) -> str:
+        return f"{self.config_dir}/instances/{instance}.toml"
+
+    def instance_env(self, instance: int | str) -> str:
+        return f"{self.config_dir}/instances/{instance}.env"
+
+    # -- the release root
+    @property
+    def releases_dir(self) -> str:
+        return f"{self.release_root}/releases"
+
+    def release_dir(self, release: str) -> str:
+        return f"{self.releases_dir}/{release}"
+
+    def instance_link(self, instance: int | str) -> str:
+        """Symlink to the release directory (a venv) that ``instance`` runs."""
+        return f"{self.release_root}/instances/{instance}"
+
+    # -- systemd
+    @property
+    def instance_unit_file(self) -> str:
+        return f"{self.name}@.service"
+
+    def instance_unit(self, instance: int | str) -> str:
+        return f"{self.name}@{instance}.service"
+
+    @property
+    def socket_unit(self) -> str:
+        return f"{self.name}.socket"
+
+    @property
+    def holder_unit(self) -> str:
+        return f"{self.name}.service"
+
+    @property
+    def sysctl_file(self) -> str:
+        """Name of the sysctl drop-in of reuseport mode (net.ipv4.tcp_migrate_req = 1)."""
+        return f"60-{self.name}-reuseport.conf"
+
+    def unit_files(self, listen: str) -> list[str]:
+        """The unit files ``units render`` writes for ``listen`` (into ``unit_dir``)."""
+        if listen == "socket":
+            return [self.instance_unit_file, self.socket_unit, self.holder_unit]
+        return [self.instance_unit_file]
+
+    def describe(self) -> dict[str, Any]:
+        """Everything above as plain data (what ``sockact layout --json`` prints)."""
+        return {
+            **asdict(self),
+            "deploy_record": self.deploy_record,
+            "releases_dir": self.releases_dir,
+            "instances_dir": f"{self.release_root}/instances",
+            "instance_config_dir": f"{self.config_dir}/instances",
+            "instance_unit_file": self.instance_unit_file,
+            "socket_unit": self.socket_unit,
+            "holder_unit": self.holder_unit,
+            "sysctl_file": self.sysctl_file,
+            "unit_files": {mode: self.unit_files(mode) for mode in DEPLOY_LISTEN_MODES},
+            "socket_name": SOCKET_NAME,
+            "admin_port_base": ADMIN_PORT_BASE,
+            "color_offsets": dict(COLOR_OFFSETS),
+            "max_per_color": MAX_PER_COLOR,
+            "listen_modes": list(DEPLOY_LISTEN_MODES),
+            "serve_mode_of": dict(SERVE_MODE_OF),
+        }
+
+
+def _layout_command(args: argparse.Namespace) -> int:
+    from sockact.controller.units import UnitOptions
+
+    # the same checks as units render: a name or path systemd would not take is exit 2
+    opts = UnitOptions(name=args.name, config_dir=args.config_dir, release_root=args.release_root)
+    layout = HostLayout(opts.name, opts.config_dir, opts.release_root)
+    print(json.dumps(layout.describe(), indent=2, sort_keys=True))
+    return 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``sockact layout``."""
+    p = sub.add_parser(
+        "layout",
+        help="print the host layout (paths, colors, admin ports, unit names) as JSON",
+        description="Print where a deploy keeps its files on a host, the colors' instance "
+        "numbers and the admin ports, as JSON: the Ansible role reads it on the controller.",
+        epilog="example: sockact layout --name api",
+    )
+    p.add_argument("--name", default=DEFAULT_NAME, help="unit name (default api)")
+    p.add_argument("--config-dir", default="", help="default /etc/<name>")
+    p.add_argument("--release-root", default="", help="default /opt/<name>")
+    p.set_defaults(func=_layout_command)
