@@ -1,4 +1,5 @@
-"""The admin server: ``/live``, ``/ready`` and ``/metrics`` on a loopback port of its own.
+"""The admin server: ``/live``, ``/ready``, ``/check``, ``/release`` and ``/metrics`` on a
+loopback port of its own.
 
 It starts before anything else so that an operator (or Ansible) can watch the warm-up:
 ``/ready`` answers 503 with the phase until the instance serves, then 200.
@@ -17,6 +18,7 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 from sockact.errors import AddressError
+from sockact.runtime import release
 from sockact.runtime.metrics import Metrics
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
@@ -40,11 +42,17 @@ class _Handler(BaseHTTPRequestHandler):
             )
         elif path == "/check":
             self._check()
+        elif path == "/release":
+            self._json(200, {**self.server.release, **self._who()})
         elif path == "/metrics":
             self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render().encode())
         else:
             self._json(
-                404, {"error": "not found", "paths": ["/live", "/ready", "/check", "/metrics"]}
+                404,
+                {
+                    "error": "not found",
+                    "paths": ["/live", "/ready", "/check", "/release", "/metrics"],
+                },
             )
 
     def _check(self) -> None:
@@ -84,6 +92,7 @@ class _AdminHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     metrics: Metrics
     check: Callable[[], tuple[int, bytes]] | None = None
+    release: dict[str, Any]
 
 
 def wsgi_check(app: WSGIApp, path: str) -> Callable[[], tuple[int, bytes]]:
@@ -131,6 +140,8 @@ class AdminServer:
                 ) from exc
             raise AddressError(f"admin server cannot bind {host}:{port}: {exc.strerror}") from exc
         self._httpd.metrics = metrics
+        # what this process runs, from its own installed distributions, read once at start
+        self._httpd.release = release.identify()
         self.address = f"{host}:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,

@@ -219,8 +219,6 @@ def _read_env(env: Mapping[str, str], problems: list[str]) -> dict[str, str]:
         key = name[len(ENV_PREFIX) :].lower()
         if key in SETTINGS:
             out[key] = value
-        elif key == "release":
-            continue  # the release label the deploy writes into <i>.env (docs/architecture.md)
         else:
             problems.append(f"environment {name}: unknown setting{_close_key(key)}")
     return out

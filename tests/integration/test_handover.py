@@ -185,7 +185,7 @@ def _handover(
         port=PORT,
         admin_port=9001,
         warmup=0.3,
-        env={"NOTIFY_SOCKET": str(na.path), "DEMO_VERSION": "A"},
+        env={"NOTIFY_SOCKET": str(na.path)},
         prefix=netns.prefix,
     )
     na.wait_for("READY", "1", timeout=20)
@@ -198,7 +198,7 @@ def _handover(
         port=PORT,
         admin_port=9002,
         warmup=1.0,
-        env={"NOTIFY_SOCKET": str(nb.path), "DEMO_VERSION": "B"},
+        env={"NOTIFY_SOCKET": str(nb.path)},
         prefix=netns.prefix,
     )
     nb.wait_for("READY", "1", timeout=20)

@@ -115,13 +115,13 @@ def test_cross_checks() -> None:
     assert "must be shorter than drain_timeout" in err.value.details[0]
 
 
-def test_demo_variables_are_not_settings() -> None:
-    cfg = config.load(
-        None,
-        env={"DEMO_WARMUP": "3", "SOCKACT_RELEASE": "v1"},
-        flags={"app": APP, "instance": "1"},
-    )
+def test_app_variables_are_not_settings_and_sockact_knows_no_release_variable() -> None:
+    cfg = config.load(None, env={"DEMO_WARMUP": "3"}, flags={"app": APP, "instance": "1"})
     assert cfg.instance == 1
+    # a release is what is installed (GET /release), not a label in the environment
+    with pytest.raises(BadInput) as err:
+        config.load(None, env={"SOCKACT_RELEASE": "v1"}, flags={"app": APP, "instance": "1"})
+    assert err.value.details == ["environment SOCKACT_RELEASE: unknown setting"]
 
 
 def test_describe_round_trips_as_toml(tmp_path: Path) -> None:

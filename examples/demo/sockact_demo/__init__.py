@@ -1,9 +1,10 @@
 """The demo app: a Flask API with a warm-up, for trying sockact and for its tests.
 
 Its own distribution (``sockact-demo``, examples/demo), not part of sockact. It reports
-the version of its installed distribution. Environment: ``DEMO_WARMUP`` (seconds the
-warm-up takes, default 1), ``DEMO_VERSION`` (overrides the version it reports),
-``DEMO_FAIL`` (when ``1``, the warm-up raises: a broken release)::
+the version of its installed distribution, from its own metadata only (a release is what
+is installed, nothing a deploy writes into the environment). Environment:
+``DEMO_WARMUP`` (seconds the warm-up takes, default 1), ``DEMO_FAIL`` (when ``1``, the
+warm-up raises: a broken release)::
 
     sockact serve --app sockact_demo:create_app --warmup sockact_demo:warmup --instance 1
     curl localhost:8080/          # {"instance": 1, "pid": ..., "version": "1.0.0"}
@@ -38,7 +39,7 @@ def _installed_version() -> str:
 def create_app() -> Flask:
     """Build the demo app (cheap); :func:`warmup` does the slow part."""
     app = Flask("sockact_demo")
-    app.config["VERSION"] = os.environ.get("DEMO_VERSION") or _installed_version()
+    app.config["VERSION"] = _installed_version()
     app.config["INSTANCE"] = int(os.environ.get("SOCKACT_INSTANCE", "0") or 0)
     app.config["WARM"] = False
 
