@@ -38,6 +38,9 @@ ADMIN_PORT_BASE: Final = 9000
 COLOR_OFFSETS: Final = {"blue": 0, "green": 100}
 #: At most this many instances per color (so the colors never overlap).
 MAX_PER_COLOR: Final = 99
+#: In each release directory: what the release is (label, digest, wheels), written last by
+#: the install, so a directory without it is an incomplete install.
+RELEASE_META: Final = "release.json"
 
 
 def admin_port(instance: int) -> int:
@@ -90,6 +93,12 @@ class HostLayout:
         """The record of the last finished switch (color, release, instances...)."""
         return f"{self.config_dir}/deploy.json"
 
+    @property
+    def deploy_intent(self) -> str:
+        """What a switch in progress is about to do (written before it starts or stops an
+        instance, removed when it is done): a run that finds it was interrupted."""
+        return f"{self.config_dir}/deploy.intent.json"
+
     def instance_config(self, instance: int | str) -> str:
         return f"{self.config_dir}/instances/{instance}.toml"
 
@@ -103,6 +112,14 @@ class HostLayout:
 
     def release_dir(self, release: str) -> str:
         return f"{self.releases_dir}/{release}"
+
+    def release_meta(self, release: str) -> str:
+        return f"{self.release_dir(release)}/{RELEASE_META}"
+
+    @property
+    def wheelhouse_dir(self) -> str:
+        """Where an install unpacks a release's wheels (root only), removed after it."""
+        return f"{self.release_root}/wheelhouse"
 
     def instance_link(self, instance: int | str) -> str:
         """Symlink to the release directory (a venv) that ``instance`` runs."""
@@ -140,6 +157,9 @@ class HostLayout:
         return {
             **asdict(self),
             "deploy_record": self.deploy_record,
+            "deploy_intent": self.deploy_intent,
+            "release_meta_file": RELEASE_META,
+            "wheelhouse_dir": self.wheelhouse_dir,
             "releases_dir": self.releases_dir,
             "instances_dir": f"{self.release_root}/instances",
             "instance_config_dir": f"{self.config_dir}/instances",
