@@ -811,6 +811,32 @@ class Lab:
             time.sleep(0.2)
         raise self._boot_failed(h, f"ssh to {h.address} failed for {SSH_TIMEOUT:.0f}s: {last}")
 
+    # ---- reboot
+
+    def reboot(self, name: str, progress: Progress | None = None) -> Host:
+        """Reboot host ``name`` for real: ``systemctl reboot`` in it (systemd stops every
+        unit, systemd-nspawn exits, as it does on a reboot), then boot it again on the same
+        root and network namespace (what ``systemd-nspawn@.service`` does on exit 133).
+        Returns the host with its new PIDs; the state file is updated."""
+        say = progress or (lambda _msg: None)
+        with _flock(self.directory / ".lock"):
+            hosts = self.hosts()
+            found = [h for h in hosts if h.name == name]
+            if not found:
+                raise LabError(f"lab: no host {name} in {self.state_path}")
+            h = found[0]
+            say(f"{name}: systemctl reboot")
+            h.run("systemctl", "reboot", check=False)
+            if not self._wait_exit(h.nspawn_pid, BOOT_TIMEOUT):
+                raise LabError(f"lab: {name} did not go down within {BOOT_TIMEOUT:.0f}s")
+            self._forget_proc(h.nspawn_pid)
+            self._start_nspawn(h)
+            self._wait_booted(h, say)
+            self._wait_ssh(h)
+            self._write_state(hosts)
+            say(f"{name}: booted again")
+            return h
+
     # ---- down
 
     def down(self, progress: Progress | None = None, *, purge: bool = False) -> None:
