@@ -28,6 +28,8 @@ def test_paths_follow_the_name_unless_given() -> None:
     assert host.sysctl_file == "60-web-reuseport.conf"
     moved = layout.HostLayout("web", "/srv/etc", "/srv/opt")
     assert moved.deploy_record == "/srv/etc/deploy.json"
+    assert moved.deploy_intent == "/srv/etc/deploy.intent.json"
+    assert moved.release_meta("r1") == "/srv/opt/releases/r1/release.json"
     assert moved.release_dir("r1") == "/srv/opt/releases/r1"
 
 
@@ -37,6 +39,9 @@ def test_layout_command_prints_json_for_the_role(capsys: pytest.CaptureFixture[s
     assert data["admin_port_base"] == 9000
     assert data["unit_files"]["socket"] == ["web@.service", "web.socket", "web.service"]
     assert data["serve_mode_of"] == {"reuseport": "reuseport", "socket": "inherit"}
+    # what the role reads instead of keeping copies (ansible/roles/sockact/tasks/layout.yml)
+    for key in ("deploy_intent", "release_meta_file", "wheelhouse_dir", "instances_dir"):
+        assert data[key], key
 
 
 def test_layout_command_refuses_a_name_systemd_would_not_take(
