@@ -1,0 +1,545 @@
+#!/usr/bin/python3
+"""Read what a sockact host really runs, and plan the next step of a switch from it.
+
+Ansible module of the sockact role. It changes nothing (check mode is the same run). It
+reads the deploy record and the intent of an interrupted run, the installed releases,
+and for every instance of both colors (and any other active one): its unit state, whether
+it is enabled, whether its admin ``/ready`` answers 200, the release digest its admin
+``/release`` reports, its instance link, and whether its config files are what this run
+would write. The plan comes from that real state, never from the record alone:
+
+* a color whose every instance is ready, runs the target release and has the target
+  config is the new color: nothing is started; what is left is to verify it, write the
+  record, flip the enablement and stop whatever else runs (``finish``), or nothing at
+  all when record, enablement and units already agree (``none``);
+* otherwise the color that serves (the most ready instances; on a tie the recorded one)
+  is the old color and the other one is started afresh (``switch``): its leftovers are
+  stopped first, which is safe because they serve less than the old color does.
+
+A color is only ever stopped by the role after the other one is ready and verified, so
+the only color that serves is never stopped.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+DOCUMENTATION = r"""
+module: sockact_state
+short_description: Read a sockact host's real state and plan a blue/green switch
+description:
+  - Reads the deploy record, the intent of an interrupted run, the installed releases and,
+    per instance, its unit state, enablement, admin /ready and /release, instance link and
+    config checksums; plans the switch to O(target) from that state. Changes nothing.
+options:
+  layout:
+    description: The host layout, as C(sockact layout) prints it.
+    type: dict
+    required: true
+  count:
+    description: Instances per color.
+    type: int
+    required: true
+  admin_host:
+    description: Address the admin servers listen on.
+    type: str
+    default: 127.0.0.1
+  target:
+    description: The release to run, C({label, digest, dir}); no plan without it.
+    type: dict
+  expected_config:
+    description: Per instance, C("<sha1 of .toml> <sha1 of .env>") this run would write.
+    type: dict
+  check:
+    description: Instances whose admin /check (one request to the app) is also read.
+    type: list
+    elements: int
+    default: []
+  expect_digest:
+    description: With O(check), the release digest each checked instance must report.
+    type: str
+  host_label:
+    description: How messages name this host (the inventory name); default its node name.
+    type: str
+    default: ""
+  keep:
+    description: Releases to keep; the result lists the ones beyond that which may go.
+    type: int
+    default: 0
+  timeout:
+    description: Seconds per admin request.
+    type: float
+    default: 3.0
+"""
+
+RETURN = r"""
+state:
+  description: record, intent, releases, units (per instance), enabled instances.
+  type: dict
+  returned: always
+plan:
+  description: action (none, finish, switch), old and new color, what to start and stop.
+  type: dict
+  returned: when target is given
+now:
+  description: the host's clock (seconds since the epoch).
+  type: int
+  returned: always
+prune:
+  description: release directories that may be removed once the planned switch is done
+    (beyond keep, linked by no instance, neither the release recorded then nor the one
+    before it).
+  type: list
+  returned: always
+unverified:
+  description: one line per checked instance that is not active, ready, answering /check
+    below 400 and running O(expect_digest).
+  type: list
+  returned: always
+"""
+
+COLORS = ("blue", "green")
+RUNNING = ("active", "activating", "deactivating", "reloading", "refreshing")
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def instances_of(color: str, count: int, offsets: dict[str, int]) -> list[int]:
+    return list(range(offsets[color] + 1, offsets[color] + 1 + count))
+
+
+def color_of(instance: int, offsets: dict[str, int], max_per_color: int) -> str | None:
+    for color, offset in offsets.items():
+        if offset < instance <= offset + max_per_color:
+            return color
+    return None
+
+
+def other(color: str) -> str:
+    return "green" if color == "blue" else "blue"
+
+
+def _short(release: dict[str, Any] | None) -> str:
+    if not release or not release.get("digest"):
+        return "nothing"
+    return f"{release.get('label') or '?'} {str(release['digest'])[:12]}"
+
+
+def plan(
+    units: dict[int, dict[str, Any]],
+    record: dict[str, Any],
+    intent: dict[str, Any],
+    enabled: list[int],
+    count: int,
+    offsets: dict[str, int],
+    max_per_color: int,
+    target: dict[str, Any],
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What to do next, from the real state of the units (see the module docstring).
+
+    ``units[i]`` has ``active_state``, ``ready`` (bool), ``digest`` (str or None) and
+    ``config_ok`` (bool or None: None when not checked).
+    """
+    labels = labels or {}
+    want = {c: instances_of(c, count, offsets) for c in COLORS}
+    running: dict[str, list[int]] = {c: [] for c in COLORS}
+    for i, u in units.items():
+        c = color_of(i, offsets, max_per_color)
+        if c and u.get("active_state") in RUNNING:
+            running[c].append(i)
+    ready = {c: [i for i in want[c] if units.get(i, {}).get("ready")] for c in COLORS}
+    digest = target["digest"]
+    on_target = {
+        c: all(
+            units.get(i, {}).get("ready")
+            and units.get(i, {}).get("digest") == digest
+            and units.get(i, {}).get("config_ok") is not False
+            for i in want[c]
+        )
+        for c in COLORS
+    }
+    rec_color = record.get("color") if record.get("color") in COLORS else None
+
+    def describe(c: str | None) -> str:
+        if c is None:
+            return "nothing"
+        digests = {units.get(i, {}).get("digest") for i in ready[c]} - {None}
+        runs = ", ".join(f"{labels.get(d, '?')} {d[:12]}" for d in sorted(str(d) for d in digests))
+        return f"{c} ({runs or 'no release'}, {len(ready[c])}/{count} ready)"
+
+    notes = []
+    if intent:
+        notes.append(
+            "found the intent of an interrupted run: "
+            f"{(intent.get('from') or {}).get('color') or 'nothing'} -> "
+            f"{(intent.get('to') or {}).get('color')} "
+            f"({_short((intent.get('to') or {}).get('release'))}), "
+            f"started {intent.get('started_at', '?')}"
+        )
+    candidates = [c for c in COLORS if on_target[c]]
+    if candidates:
+        new = rec_color if rec_color in candidates else candidates[0]
+        old = other(new)
+        stop_after = sorted(running[old] + [i for i in running[new] if i not in want[new]])
+        disable = sorted(i for i in enabled if i not in want[new])
+        enable = sorted(i for i in want[new] if i not in enabled)
+        rec_release = record.get("release") or {}
+        record_ok = (
+            rec_color == new
+            and rec_release.get("digest") == digest
+            and rec_release.get("dir") == target.get("dir")
+            and [int(i) for i in record.get("instances", [])] == want[new]
+        )
+        done = record_ok and not stop_after and not disable and not enable and not intent
+        action = "none" if done else "finish"
+        return {
+            "action": action,
+            "old": old if running[old] else None,
+            "new": new,
+            "start": [],
+            "stop_first": [],
+            "stop_after": stop_after,
+            "enable": enable,
+            "disable": disable,
+            "record_ok": record_ok,
+            "notes": notes,
+            "summary": (
+                f"{describe(new)} already runs {_short(target)}: nothing to do"
+                if done
+                else f"{describe(new)} already runs {_short(target)}; to do: verify it, "
+                + ("write the record, " if not record_ok else "")
+                + ("flip the enablement, " if enable or disable else "")
+                + (f"stop {', '.join(map(str, stop_after))}" if stop_after else "nothing to stop")
+            ),
+        }
+    # the old color: the one that serves most; on a tie the recorded one
+    served = {c: len(ready[c]) for c in COLORS}
+    if max(served.values()) > 0:
+        best = max(served.values())
+        tied = [c for c in COLORS if served[c] == best]
+        old: str | None = rec_color if rec_color in tied else tied[0]
+    else:
+        old = None
+    new = other(old) if old is not None else other(rec_color) if rec_color else "blue"
+    stop_first = sorted(running[new])
+    stop_after = sorted(i for c in COLORS for i in running[c] if c != new)
+    # a color is "serving" here only if it has ready instances; the new color's leftovers
+    # never serve more than the old color, so stopping them first loses nothing
+    assert old is None or served[new] <= served[old]
+    return {
+        "action": "switch",
+        "old": old,
+        "new": new,
+        "start": want[new],
+        "stop_first": stop_first,
+        "stop_after": stop_after,
+        "enable": want[new],
+        "disable": sorted(i for i in enabled if i not in want[new]),
+        "record_ok": False,
+        "notes": notes,
+        "summary": f"{describe(old)} -> {new} ({_short(target)}, {count} instances): switch",
+    }
+
+
+def unverified(
+    units: dict[int, dict[str, Any]], check: list[int], digest: str | None, name: str, host: str
+) -> list[str]:
+    """What keeps each checked instance from passing the gates, one line each."""
+    out = []
+    for i in check:
+        u = units.get(i, {})
+        wrong = []
+        if u.get("active_state") != "active":
+            wrong.append(f"{u.get('active_state') or 'unknown'} ({u.get('sub_state', '')})")
+        elif not u.get("ready"):
+            wrong.append("/ready is not 200")
+        status = u.get("check_status")
+        if u.get("active_state") == "active" and not (status and 200 <= status < 400):
+            wrong.append(f"/check answered {status}: {u.get('check_body', '')}")
+        if digest is not None and u.get("digest") != digest:
+            wrong.append(f"runs release {u.get('digest')} ({u.get('prefix') or '?'})")
+        if wrong:
+            out.append(f"{name}@{i} on {host}: " + ", ".join(wrong))
+    return out
+
+
+def after_switch(
+    units: dict[int, dict[str, Any]],
+    record: dict[str, Any],
+    target: dict[str, Any] | None,
+    planned: dict[str, Any] | None,
+) -> set[str]:
+    """The release dirs that must stay once the planned switch is done (or now, without
+    one): every instance link, the recorded release and the one before it."""
+    started = set(planned["start"]) if planned else set()
+    links = {u["link"] for i, u in units.items() if u.get("link") and i not in started}
+    current, previous = record.get("release"), record.get("previous")
+    if target:
+        links.add(target.get("dir", ""))
+        if not isinstance(current, dict) or current.get("digest") != target.get("digest"):
+            previous = current
+        current = target
+    for rel in (current, previous):
+        if isinstance(rel, dict) and rel.get("dir"):
+            links.add(rel["dir"])
+    return links
+
+
+def prune(releases: list[dict[str, Any]], keep: int, protected: set[str]) -> list[str]:
+    """Release dirs beyond the ``keep`` newest complete ones, except ``protected`` ones."""
+    if keep <= 0:
+        return []
+    complete = sorted(
+        (r for r in releases if r.get("complete")),
+        key=lambda r: (str(r.get("installed_at") or ""), r["dir"]),
+        reverse=True,
+    )
+    kept = {r["dir"] for r in complete[:keep]}
+    return sorted(
+        r["dir"]
+        for r in releases
+        if r["dir"] not in kept and r["dir"] not in protected and r.get("complete")
+    )
+
+
+# --------------------------------------------------------------------------- host side
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _sha1(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha1(fh.read(), usedforsecurity=False).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def _get(url: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (OSError, ValueError):
+        return 0, {}
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        doc = {}
+    return status, doc if isinstance(doc, dict) else {}
+
+
+def _systemctl_show(units: list[str]) -> list[dict[str, str]]:
+    props = "ActiveState,SubState,MainPID,Result,ExecMainStatus,UnitFileState"
+    out = subprocess.run(
+        ["systemctl", "show", f"--property={props}", "--", *units],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in [*out.splitlines(), ""]:
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current = {}
+            continue
+        key, _, value = line.partition("=")
+        current[key] = value
+    return blocks
+
+
+def _active_instances(name: str) -> list[int]:
+    out = subprocess.run(
+        [
+            "systemctl",
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "--full",
+            f"{name}@*.service",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    found = []
+    for line in out.splitlines():
+        unit = line.split()[0] if line.split() else ""
+        inst = unit[len(name) + 1 : -len(".service")]
+        if unit.startswith(f"{name}@") and inst.isdigit():
+            found.append(int(inst))
+    return found
+
+
+def _enabled_instances(name: str, unit_dir: str) -> list[int]:
+    found = set()
+    for path in glob.glob(os.path.join(unit_dir, "*.wants", f"{name}@*.service")):
+        inst = os.path.basename(path)[len(name) + 1 : -len(".service")]
+        if inst.isdigit():
+            found.add(int(inst))
+    return sorted(found)
+
+
+def _releases(layout: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    root = layout["releases_dir"]
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        names = []
+    for entry in names:
+        path = os.path.join(root, entry)
+        if not os.path.isdir(path):
+            continue
+        meta = _read_json(os.path.join(path, layout["release_meta_file"]))
+        out.append(
+            {
+                "dir": path,
+                "name": entry,
+                "label": meta.get("label"),
+                "digest": meta.get("digest"),
+                "installed_at": meta.get("installed_at"),
+                "complete": bool(meta.get("digest")),
+            }
+        )
+    return out
+
+
+def read_state(
+    layout: dict[str, Any],
+    count: int,
+    admin_host: str,
+    expected_config: dict[str, str],
+    timeout: float,
+    check: list[int] | None = None,
+) -> dict[str, Any]:
+    name = layout["name"]
+    offsets = {str(k): int(v) for k, v in layout["color_offsets"].items()}
+    instances = set(_active_instances(name))
+    enabled = _enabled_instances(name, layout["unit_dir"])
+    for c in COLORS:
+        instances.update(instances_of(c, count, offsets))
+    instances.update(enabled)
+    ordered = sorted(instances)
+    shown = _systemctl_show([f"{name}@{i}.service" for i in ordered])
+    units: dict[int, dict[str, Any]] = {}
+    host = f"[{admin_host}]" if ":" in admin_host else admin_host
+    for i, props in zip(ordered, shown, strict=False):
+        link = os.path.join(layout["instances_dir"], str(i))
+        u: dict[str, Any] = {
+            "instance": i,
+            "color": color_of(i, offsets, int(layout["max_per_color"])),
+            "active_state": props.get("ActiveState", ""),
+            "sub_state": props.get("SubState", ""),
+            "main_pid": int(props.get("MainPID", "0") or 0),
+            "result": props.get("Result", ""),
+            "exec_main_status": props.get("ExecMainStatus", ""),
+            "enabled": i in enabled,
+            "link": os.path.realpath(link) if os.path.islink(link) else None,
+            "ready": False,
+            "digest": None,
+            "config_ok": None,
+            "check_status": None,
+        }
+        if u["active_state"] in RUNNING:
+            base = f"http://{host}:{int(layout['admin_port_base']) + i}"
+            status, _ = _get(f"{base}/ready", timeout)
+            u["ready"] = status == 200
+            status, doc = _get(f"{base}/release", timeout)
+            if status == 200 and isinstance(doc.get("digest"), str):
+                u["digest"] = doc["digest"]
+                u["prefix"] = doc.get("prefix")
+            if i in (check or []):
+                status, doc = _get(f"{base}/check", max(timeout, 30.0))
+                u["check_status"] = status
+                u["check_body"] = str(doc.get("body", doc))[:300]
+        want = expected_config.get(str(i))
+        if want is not None:
+            got = " ".join(
+                (
+                    _sha1(os.path.join(layout["instance_config_dir"], f"{i}.toml")),
+                    _sha1(os.path.join(layout["instance_config_dir"], f"{i}.env")),
+                )
+            )
+            u["config_ok"] = got == want
+        units[i] = u
+    return {
+        "record": _read_json(layout["deploy_record"]),
+        "intent": _read_json(layout["deploy_intent"]),
+        "releases": _releases(layout),
+        "units": units,
+        "enabled": enabled,
+    }
+
+
+def main() -> None:
+    from ansible.module_utils.basic import AnsibleModule
+
+    module = AnsibleModule(
+        argument_spec={
+            "layout": {"type": "dict", "required": True},
+            "count": {"type": "int", "required": True},
+            "admin_host": {"type": "str", "default": "127.0.0.1"},
+            "target": {"type": "dict"},
+            "expected_config": {"type": "dict", "default": {}},
+            "keep": {"type": "int", "default": 0},
+            "check": {"type": "list", "elements": "int", "default": []},
+            "expect_digest": {"type": "str"},
+            "host_label": {"type": "str", "default": ""},
+            "timeout": {"type": "float", "default": 3.0},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    layout = p["layout"]
+    state = read_state(
+        layout, p["count"], p["admin_host"], p["expected_config"] or {}, p["timeout"], p["check"]
+    )
+    labels = {r["digest"]: r["label"] for r in state["releases"] if r["digest"]}
+    result: dict[str, Any] = {"changed": False, "state": state, "now": int(time.time())}
+    units = state["units"]
+    record = state["record"]
+    if p["target"]:
+        result["plan"] = plan(
+            units,
+            record,
+            state["intent"],
+            state["enabled"],
+            p["count"],
+            {str(k): int(v) for k, v in layout["color_offsets"].items()},
+            int(layout["max_per_color"]),
+            p["target"],
+            labels,
+        )
+    protected = after_switch(units, record, p["target"], result.get("plan"))
+    result["prune"] = prune(state["releases"], p["keep"], protected)
+    host = p["host_label"] or os.uname().nodename
+    result["unverified"] = unverified(units, p["check"], p["expect_digest"], layout["name"], host)
+    # JSON keys are strings: say so, rather than let Ansible convert them silently
+    state["units"] = {str(i): u for i, u in units.items()}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
