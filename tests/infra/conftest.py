@@ -42,11 +42,6 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "unit_dir": ("/etc/systemd/system", "where the unit files are installed"),
     "sysctl_dir": ("/etc/sysctl.d", "where the reuseport sysctl drop-in is installed"),
     "max_exposure": (2.0, "highest `systemd-analyze security` exposure accepted (default 2.0)"),
-    "body_version": (
-        "yes",
-        "yes: /check's body must contain the recorded version (true of the demo app); "
-        "no: for apps whose check path does not show it",
-    ),
 }
 
 
@@ -56,8 +51,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         kwargs: dict[str, Any] = {"default": default, "help": help_text}
         if isinstance(default, float):
             kwargs["type"] = float
-        if key == "body_version":
-            kwargs["choices"] = ("yes", "no")
         group.addoption(f"--sockact-{key.replace('_', '-')}", dest=f"sockact_{key}", **kwargs)
 
 
@@ -96,7 +89,6 @@ class Layout:
     unit_dir: str
     sysctl_dir: str
     max_exposure: float
-    body_version: bool
 
     @property
     def record_path(self) -> str:
@@ -123,7 +115,6 @@ def layout(pytestconfig: pytest.Config) -> Layout:
         unit_dir=opt("unit_dir"),
         sysctl_dir=opt("sysctl_dir"),
         max_exposure=float(opt("max_exposure")),
-        body_version=opt("body_version") == "yes",
     )
 
 

@@ -62,10 +62,13 @@ _FALSE = ("no", "false", "off", "0")
 
 @dataclass(frozen=True)
 class Record:
-    """``/etc/<name>/deploy.json``: what the last successful deploy left running."""
+    """``/etc/<name>/deploy.json``: what the last finished switch left running."""
 
     color: str
-    version: str
+    #: the release: its label, its digest (of its distributions' content), its directory
+    label: str
+    digest: str
+    release_dir: str
     instances: tuple[int, ...]
     listen: str
     port: int
@@ -87,12 +90,20 @@ def parse_record(text: str) -> tuple[Record | None, list[str]]:
     if not isinstance(data, dict):
         return None, ["not a JSON object"]
     problems = []
-    color, version = data.get("color"), data.get("version")
+    color, rel = data.get("color"), data.get("release")
     instances, listen, port = data.get("instances"), data.get("listen"), data.get("port")
     if color not in COLOR_BASE:
         problems.append(f"color={color!r}: must be one of {sorted(COLOR_BASE)}")
-    if not isinstance(version, str) or not version:
-        problems.append(f"version={version!r}: must be a non-empty string")
+    if not isinstance(rel, dict):
+        problems.append(f"release={rel!r}: must be an object with label, digest and dir")
+        rel = {}
+    label, digest, rdir = rel.get("label"), rel.get("digest"), rel.get("dir")
+    if rel and (not isinstance(label, str) or not label):
+        problems.append(f"release.label={label!r}: must be a non-empty string")
+    if rel and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest)):
+        problems.append(f"release.digest={digest!r}: must be a sha256 in hex")
+    if rel and (not isinstance(rdir, str) or not rdir.startswith("/")):
+        problems.append(f"release.dir={rdir!r}: must be an absolute path")
     if (
         not isinstance(instances, list)
         or not instances
@@ -110,7 +121,12 @@ def parse_record(text: str) -> tuple[Record | None, list[str]]:
         problems.append(f"port={port!r}: must be an integer 1-65535")
     if problems:
         return None, problems
-    return Record(str(color), str(version), tuple(instances), str(listen), int(port)), []
+    return (
+        Record(
+            str(color), str(label), str(digest), str(rdir), tuple(instances), str(listen), int(port)
+        ),
+        [],
+    )
 
 
 #: what ssh itself prints on stderr with UserKnownHostsFile=/dev/null: not the host's output

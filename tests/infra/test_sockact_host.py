@@ -64,21 +64,6 @@ def _get(host: Any, url: str) -> tuple[int, str]:
     return (int(code) if code.isdigit() else 0), body
 
 
-def _body_version(check_body: str) -> str | None:
-    """The version the app's answer shows: ``version`` of a JSON body (the demo app), else
-    the recorded one when it appears as a quoted string in the body excerpt, else None."""
-    try:
-        excerpt = json.loads(check_body).get("body", "")
-    except (ValueError, AttributeError):
-        return None
-    try:
-        version = json.loads(excerpt).get("version")
-        return str(version) if version is not None else None
-    except (ValueError, AttributeError):
-        found = re.search(r'"version"\s*:\s*"([^"]*)"', excerpt)
-        return found.group(1) if found else None
-
-
 def _main_pids(host: Any, layout: Any, record: Record) -> dict[int, int]:
     return {
         i: int(show(host, f"{layout.name}@{i}.service", "MainPID").get("MainPID", "0") or 0)
@@ -317,40 +302,48 @@ def test_hardening_of_running_units_matches_unit_file(
 
 
 def test_instances_run_the_recorded_release(host: Any, layout: Any, record: Record) -> None:
-    release = f"{layout.release_root}/releases/{record.version}"
+    """The release directory is a complete install of the recorded digest, every instance
+    links to it, runs from the link, and reports that digest at its admin ``/release``
+    (computed by the process from its own installed distributions)."""
     problems = []
-    marker = host.file(f"{release}/.sockact-release")
-    if not marker.is_file or marker.content_string.strip() != record.version:
-        problems.append(f"{release}/.sockact-release missing or not {record.version!r}")
+    meta = host.file(f"{record.release_dir}/release.json")
+    try:
+        installed = json.loads(meta.content_string).get("digest") if meta.is_file else None
+    except ValueError:
+        installed = None
+    if installed != record.digest:
+        problems.append(
+            f"{record.release_dir}/release.json says digest {installed!r}, "
+            f"the record {record.digest!r} ({record.label})"
+        )
     pids = _main_pids(host, layout, record)
     for i in record.instances:
         unit = f"{layout.name}@{i}.service"
         wrong = []
-        link = f"{layout.release_root}/instances/{i}"
-        target = host.run("readlink -f %s", link).stdout.strip()
-        if target != release:
-            wrong.append(f"{link} -> {target or '(missing)'}, expected {release}")
+        link = host.file(f"{layout.release_root}/instances/{i}")
+        if not link.is_symlink or link.linked_to != record.release_dir:
+            target = link.linked_to if link.is_symlink else "(not a link)"
+            wrong.append(f"{link.path} -> {target}, expected {record.release_dir}")
         pid = pids[i]
         if pid:
-            env = host.run("cat /proc/%s/environ", str(pid)).stdout.split("\0")
-            versions = {e for e in env if e.startswith(("SOCKACT_RELEASE=", "DEMO_VERSION="))}
-            if not versions or any(e.split("=", 1)[1] != record.version for e in versions):
-                wrong.append(f"pid {pid} environment says {sorted(versions) or 'no version'}")
             cmdline = host.run("cat /proc/%s/cmdline", str(pid)).stdout.replace("\0", " ").strip()
-            if f"{link}/" not in cmdline:
-                wrong.append(f"pid {pid} command line is not from {link}: {cmdline}")
+            if f"{link.path}/" not in cmdline:
+                wrong.append(f"pid {pid} command line is not from {link.path}: {cmdline}")
         else:
             wrong.append("not running (MainPID=0)")
-        if layout.body_version:
-            status, body = _get(host, f"http://{_admin(host, layout, i)}/check")
-            if _body_version(body) != record.version:
-                wrong.append(
-                    f"/check body (HTTP {status}) does not show {record.version!r}: "
-                    f"{body.strip()[:300]}"
-                )
+        status, body = _get(host, f"http://{_admin(host, layout, i)}/release")
+        try:
+            runs = json.loads(body).get("digest")
+        except (ValueError, AttributeError):
+            runs = None
+        if runs != record.digest:
+            wrong.append(
+                f"/release (HTTP {status}) says digest {runs!r}, "
+                f"recorded {record.digest!r} ({record.label})"
+            )
         if wrong:
             problems.append(
-                f"{unit} (recorded version {record.version}): "
+                f"{unit} (recorded release {record.label} {record.digest[:12]}): "
                 + "; ".join(wrong)
                 + diagnose(host, unit)
             )

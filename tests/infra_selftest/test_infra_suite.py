@@ -45,11 +45,15 @@ class Setup:
     ansible_cfg: Path
 
 
-def _record(listen: str, version: str = VERSION) -> str:
+def _record(host: Host, listen: str, digest: str = "") -> str:
     return json.dumps(
         {
             "color": "blue",
-            "version": version,
+            "release": {
+                "label": VERSION,
+                "digest": digest or hs.release_digest(host, VERSION),
+                "dir": f"{hs.RELEASE_ROOT}/releases/{VERSION}",
+            },
             "instances": list(BLUE),
             "listen": listen,
             "port": hs.PORT,
@@ -74,7 +78,7 @@ def deploy_by_hand(host: Host, wheelhouse: Path, listen: str) -> None:
         host.run("systemctl", "start", f"{hs.NAME}.socket")
         host.run("systemctl", "start", f"{hs.NAME}.service")
     host.run("systemctl", "start", *(f"{hs.NAME}@{i}" for i in BLUE), timeout=120)
-    hs.write_file(host, f"{hs.CONFIG_DIR}/deploy.json", _record(listen) + "\n")
+    hs.write_file(host, f"{hs.CONFIG_DIR}/deploy.json", _record(host, listen) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -204,12 +208,15 @@ def test_both_colors_running_fails(setup: Setup) -> None:
 def test_wrong_release_fails(setup: Setup) -> None:
     host = setup.reuseport
     path = f"{hs.CONFIG_DIR}/deploy.json"
-    hs.write_file(host, path, _record("reuseport", version="2.0") + "\n")
+    other = "0" * 64  # a release the host does not run
+    hs.write_file(host, path, _record(host, "reuseport", other) + "\n")
     try:
-        run = _expect_failure(setup, "test_instances_run_the_recorded_release", "releases/2.0")
+        run = _expect_failure(
+            setup, "test_instances_run_the_recorded_release", f"recorded {other!r}"
+        )
         assert run.failed == {"test_instances_run_the_recorded_release"}, run.out
     finally:
-        hs.write_file(host, path, _record("reuseport") + "\n")
+        hs.write_file(host, path, _record(host, "reuseport") + "\n")
 
 
 def test_weakened_hardening_fails(setup: Setup) -> None:

@@ -2,9 +2,11 @@
 
 Small helpers, each one step of the role, for the system tests (and anyone else):
 
-* :func:`build_wheelhouse` once per session on the controller (``pip wheel``);
+* :func:`build_wheelhouse` once per session on the controller: sockact, the locked
+  dependencies and the demo app at each version (tests/releases.py);
 * :func:`copy_wheelhouse` into a host, :func:`install_release` a venv per version from it
-  (``pip install --no-index --find-links``);
+  (``pip install --no-index --find-links``, the demo at that version), with its
+  ``release.json`` (label, and the digest the installed venv reports);
 * :func:`ensure_user` (the static ``api`` user), :func:`write_instance` (``<i>.toml``,
   ``<i>.env`` and the ``/opt/api/instances/<i>`` link);
 * :func:`install_units` (``sockact units render`` from a release), :func:`apply_sysctl`,
@@ -22,11 +24,11 @@ import json
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from sockact_lab.lab import Host
+from tests import releases
 
 NAME = "api"
 USER = "api"
@@ -43,21 +45,12 @@ DEMO = PROJECT / "examples" / "demo"
 # --------------------------------------------------------------------------- controller side
 
 
-def build_wheelhouse(dest: Path, projects: tuple[Path, ...] = (PROJECT, DEMO)) -> Path:
-    """``pip wheel`` sockact, the demo app and their dependencies into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest)]
-        + [str(p) for p in projects],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"pip wheel failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    if not list(dest.glob("sockact-*.whl")):
-        raise RuntimeError(f"pip wheel made no sockact wheel in {dest}")
+def build_wheelhouse(dest: Path, versions: tuple[str, ...] = ("1.0", "2.0")) -> Path:
+    """Sockact, its locked dependencies and the demo app at each of ``versions`` (real
+    releases of different content: the demo reports the version of its distribution)."""
+    releases.build_base(dest)
+    for version in versions:
+        releases.demo_wheel(version, dest)
     return dest
 
 
@@ -99,10 +92,11 @@ def copy_wheelhouse(host: Host, wheelhouse: Path) -> str:
 
 
 def install_release(host: Host, version: str, wheelhouse: str = WHEELHOUSE_IN_HOST) -> str:
-    """A venv ``/opt/api/releases/<version>`` with sockact and the demo, offline."""
+    """A venv ``/opt/api/releases/<version>`` with sockact and the demo at ``version``,
+    offline, and its ``release.json`` (written last: the install is complete)."""
     release = f"{RELEASE_ROOT}/releases/{version}"
-    marker = f"{release}/.sockact-release"
-    if host.run("test", "-f", marker, check=False).returncode == 0:
+    meta = f"{release}/release.json"
+    if host.run("test", "-f", meta, check=False).returncode == 0:
         return release
     host.run("rm", "-rf", release)
     host.run("/usr/bin/python3", "-m", "venv", release, timeout=120)
@@ -115,11 +109,19 @@ def install_release(host: Host, version: str, wheelhouse: str = WHEELHOUSE_IN_HO
         "--find-links",
         wheelhouse,
         "sockact",
-        "sockact-demo",
+        f"sockact-demo=={version}",
         timeout=300,
     )
-    write_file(host, marker, version + "\n")
+    digest = json.loads(host.run(f"{release}/bin/sockact", "release").stdout)["digest"]
+    write_file(host, meta, json.dumps({"label": version, "digest": digest}) + "\n")
     return release
+
+
+def release_digest(host: Host, version: str) -> str:
+    """The digest :func:`install_release` recorded for ``version``."""
+    meta = host.run("cat", f"{RELEASE_ROOT}/releases/{version}/release.json").stdout
+    digest: str = json.loads(meta)["digest"]
+    return digest
 
 
 def ensure_user(host: Host, user: str = USER) -> None:
@@ -163,11 +165,7 @@ def write_instance(
         mode="0640",
         owner=f"root:{USER}",
     )
-    env = [
-        f"DEMO_VERSION={version}",
-        f"SOCKACT_RELEASE={version}",
-        f"DEMO_WARMUP={warmup:g}",
-    ]
+    env = [f"DEMO_WARMUP={warmup:g}"]
     if fail:
         env.append("DEMO_FAIL=1")
     write_file(host, f"{base}.env", "\n".join(env) + "\n", mode="0640", owner=f"root:{USER}")
