@@ -298,7 +298,7 @@ class SockactServer:
         self, procs: Procs, instance: int, listen: str, port: int, fd: int | None = None
     ) -> None:
         self.notify = Notify(procs.logdir / f"notify-{instance}.sock")
-        env = child_env(NOTIFY_SOCKET=str(self.notify.path), DEMO_VERSION=f"i{instance}")
+        env = child_env(NOTIFY_SOCKET=str(self.notify.path))
         argv = sockact_argv(instance, listen, port)
         if fd is not None:
             argv = [PYTHON, str(BENCH / "fdexec.py"), str(fd), "http", "--", *argv]
@@ -339,7 +339,6 @@ class GunicornMaster:
         env = child_env(
             BENCH_GUNICORN_EVENTS=str(events.path),
             SOCKACT_INSTANCE=str(instance),
-            DEMO_VERSION=f"g{instance}",
         )
         self.proc = procs.start(f"gunicorn-{label}", gunicorn_argv(port, reuse_port), env=env)
 

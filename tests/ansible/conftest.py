@@ -1,4 +1,5 @@
-"""Fixtures of the Ansible tests: a lab of 2 hosts per test module, one wheelhouse."""
+"""Fixtures of the Ansible tests: a lab of 2 hosts per test module; releases (wheelhouses
+of different content) built once per session."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import BIN, say
 from tests.lab_fixtures import lab_skip_reason
-from tests.system import hostsetup as hs
+from tests.releases import releases as build_releases
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,8 @@ def hosts(alab: Lab) -> list[Host]:
 
 
 @pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built once for the session (the playbook would build one per run without it)."""
-    return hs.build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Demo version -> a wheelhouse of sockact, the locked dependencies and the demo at
+    that version: real releases of different content, built once for the session (the
+    playbook would build one per run without them)."""
+    return build_releases(("1.0.0", "2.0.0", "3.0.0"), tmp_path_factory.mktemp("releases"))

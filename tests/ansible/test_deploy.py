@@ -1,12 +1,18 @@
-"""The Ansible role against real hosts: provision, blue/green deploys under load, rollback,
-idempotence, an unreachable host, ansible-lint.
+"""The Ansible role against real hosts: provision (also in check mode), blue/green deploys
+of real releases under load, check mode, a broken config rolled back, idempotence, a
+relabelled release refused, rollback to the previous release under load, pruning, an
+unreachable host, ansible-lint.
 
 Real ``ansible-playbook`` over SSH against a lab of its own (2 hosts, module scope: the
 state these tests leave does not leak into other system tests). The tests run in file
-order and build on each other: v1, then v2 under load, a broken v3, v2 again, a down host.
+order and build on each other. Releases are wheelhouses of different content (the demo
+app at 1.0.0, 2.0.0, 3.0.0, tests/releases.py), labelled v1, v2, v3.
 
-Load: :class:`sockact.controller.probe.Probe`, 6 keep-alive + 6 new-connection clients spread over
-both hosts' main ports, never retrying; every failed request of any kind fails the test.
+Load: :class:`sockact.controller.probe.Probe`, 6 keep-alive + 6 new-connection clients
+spread over both hosts' main ports, never retrying; a failed request of any kind, a
+second without an answered request, a low rate or a request slower than 2 s fails the
+test (playbooks.assert_load_ok). Every old instance a deploy stopped must have ended
+cleanly (exit 0, unit not failed).
 """
 
 from __future__ import annotations
@@ -20,30 +26,72 @@ from typing import Any
 
 import pytest
 
+from sockact.runtime import release
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
+    APP_VARS,
     BIN,
     BLUE,
     GREEN,
+    HOST_LAYOUT,
     PORT,
     REPO,
     active,
+    assert_converged,
+    assert_load_ok,
     assert_serves_only,
     deploy_under_load,
     diagnose,
+    host_now,
     main_pids,
     playbook,
     record,
     run_infra_suite,
+    snapshot,
+    stop_problems,
 )
 
 pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
 
+#: a value of the app's environment that no output may show (not even --diff)
+SECRET = "s3cret-do-not-print-7f2a"
+
 
 @pytest.fixture(scope="module")
-def deploy_vars(wheelhouse: Path) -> dict[str, Any]:
+def deploy_vars() -> dict[str, Any]:
     # a short drain keeps each swap quick; the demo's warm-up is 1 s
-    return {"sockact_wheelhouse": str(wheelhouse), "sockact_drain_timeout": 5.0}
+    return {**APP_VARS, "sockact_drain_timeout": 5.0, "sockact_app_env": {"API_TOKEN": SECRET}}
+
+
+@pytest.fixture(scope="module")
+def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """label -> the variables that deploy it, and its digest."""
+    out = {}
+    for label, version in (("v1", "1.0.0"), ("v2", "2.0.0"), ("v3", "3.0.0")):
+        house = releases[version]
+        ident = release.from_wheelhouse(house)
+        out[label] = {
+            "vars": {"sockact_release": label, "sockact_wheelhouse": str(house)},
+            "digest": ident.digest,
+            "short": ident.short,
+            "version": version,
+            "dir": HOST_LAYOUT.release_dir(f"{label}-{ident.short}"),
+        }
+    return out
+
+
+def test_provision_in_check_mode_changes_nothing_on_a_fresh_host(
+    alab: Lab, hosts: list[Host], deploy_vars: dict[str, Any]
+) -> None:
+    before = {h.name: snapshot(h) for h in hosts}
+    run = playbook("provision.yml", alab.inventory_path, deploy_vars, "--check", "--diff")
+    assert run.rc == 0, run.tail()
+    # it says what it would do ...
+    assert all(r["changed"] > 0 for r in run.recap.values()), run.tail()
+    assert f"(item={HOST_LAYOUT.instance_unit_file})" in run.output, run.tail()
+    # ... and does none of it
+    for h in hosts:
+        assert snapshot(h) == before[h.name], h.name
 
 
 @pytest.fixture(scope="module")
@@ -61,68 +109,176 @@ def provisioned(alab: Lab, hosts: list[Host], deploy_vars: dict[str, Any]) -> Pa
 # --------------------------------------------------------------------------- tests
 
 
-def test_v1_then_v2_under_load_without_a_failed_request(
-    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any]
+def test_preflight_refuses_a_deploy_without_an_app_or_with_sockact_keys_in_its_env(
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
 ) -> None:
-    run = playbook("deploy.yml", provisioned, {**deploy_vars, "sockact_version": "v1"})
-    assert run.rc == 0, run.tail()
+    no_app = {k: v for k, v in deploy_vars.items() if k != "sockact_app"}
+    run = playbook("deploy.yml", provisioned, {**no_app, **rel["v1"]["vars"]})
+    assert run.rc != 0 and "missing required arguments: sockact_app" in run.text, run.tail()
+    env = {"API_TOKEN": SECRET, "SOCKACT_PORT": "9999"}
+    run = playbook(
+        "deploy.yml", provisioned, {**deploy_vars, **rel["v1"]["vars"], "sockact_app_env": env}
+    )
+    assert run.rc != 0, run.tail()
+    assert "sockact_app_env key SOCKACT_PORT: SOCKACT_ variables are settings" in run.text
+    assert SECRET not in run.output
     for h in hosts:
-        assert record(h)["color"] == "blue", diagnose(hosts)
-        assert active(h, BLUE) == ["active", "active"], diagnose(hosts)
+        assert h.run("test", "-e", HOST_LAYOUT.deploy_record, check=False).returncode != 0
+        assert h.run("ls", HOST_LAYOUT.releases_dir).stdout.split() == []
 
+
+def test_v1_then_v2_under_load_without_a_failed_request(
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
+) -> None:
+    # with --diff: the settings' diff shows, the app's environment (a secret) never does
+    run = playbook("deploy.yml", provisioned, {**deploy_vars, **rel["v1"]["vars"]}, "--diff")
+    assert run.rc == 0, run.tail()
+    assert '+app = "sockact_demo:create_app"' in run.output, run.tail(200)
+    assert SECRET not in run.output
+    for h in hosts:
+        rec = assert_converged(h, rel["v1"]["digest"])
+        assert (rec["color"], rec["release"]["dir"]) == ("blue", rel["v1"]["dir"]), rec
+
+    since = {h.name: host_now(h) for h in hosts}
     run, report = deploy_under_load(
-        "v1 -> v2", provisioned, {**deploy_vars, "sockact_version": "v2"}, hosts
+        "v1 -> v2", provisioned, {**deploy_vars, **rel["v2"]["vars"]}, hosts
     )
     assert run.rc == 0, run.tail()
-    assert report.total > 0
-    assert report.failed == 0, report.format_table()
-    versions = {ver for (_inst, ver) in report.samples}
-    assert versions == {"v1", "v2"}, report.samples
+    assert_load_ok(report, "v1 -> v2")
+    assert {ver for (_inst, ver) in report.samples} == {"1.0.0", "2.0.0"}, report.samples
 
     for h in hosts:
-        rec = record(h)
-        assert (rec["color"], rec["version"], rec["instances"]) == ("green", "v2", GREEN)
-        assert (rec["listen"], rec["port"]) == ("reuseport", PORT)
-        assert active(h, GREEN) == ["active", "active"], diagnose(hosts)
-        assert active(h, BLUE) == ["inactive", "inactive"], diagnose(hosts)
-        assert_serves_only(h, GREEN, "v2")
+        rec = assert_converged(h, rel["v2"]["digest"])
+        assert (rec["color"], rec["instances"], rec["listen"], rec["port"]) == (
+            "green",
+            GREEN,
+            "reuseport",
+            PORT,
+        )
+        assert rec["release"] == {
+            "label": "v2",
+            "digest": rel["v2"]["digest"],
+            "dir": rel["v2"]["dir"],
+        }
+        assert rec["previous"]["digest"] == rel["v1"]["digest"], rec
+        assert stop_problems(h, BLUE, since[h.name]) == [], diagnose(hosts)
+        assert_serves_only(h, GREEN, "2.0.0")
+        # nothing version-like in the app's environment: only what sockact_app_env says
+        env = h.run("cat", HOST_LAYOUT.instance_env(GREEN[0])).stdout
+        assert [line for line in env.splitlines() if not line.startswith("#")] == [
+            f'API_TOKEN="{SECRET}"'
+        ]
 
 
-def test_failed_warmup_rolls_back_and_v2_keeps_serving(
-    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any]
+def test_deploy_in_check_mode_changes_nothing_and_says_what_it_would_do(
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
 ) -> None:
+    before = {h.name: snapshot(h) for h in hosts}
+    run = playbook(
+        "deploy.yml", provisioned, {**deploy_vars, **rel["v3"]["vars"]}, "--check", "--diff"
+    )
+    assert run.rc == 0, run.tail()
+    v2, v3 = rel["v2"]["short"], rel["v3"]["short"]
+    for h in hosts:
+        assert f"{h.name}: would install {rel['v3']['dir']}" in run.text, run.tail()
+        plan = f"{h.name}: green (v2 {v2}, 2/2 ready) -> blue (v3 {v3}, 2 instances): switch"
+        assert plan in run.text, run.tail(200)
+        assert snapshot(h) == before[h.name], h.name
+    assert SECRET not in run.output
+
+
+def test_a_broken_config_is_rolled_back_and_v2_keeps_serving(
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
+) -> None:
+    """The same release v2 with a config whose warm-up fails: a config change is a switch
+    (blue with the new config); it fails on the first host and is rolled back there."""
     pids_before = {h.name: main_pids(h, GREEN) for h in hosts}
-    broken = {**deploy_vars, "sockact_version": "v3", "sockact_app_env": {"DEMO_FAIL": "1"}}
-    run, report = deploy_under_load("broken v3 deploy, rolled back", provisioned, broken, hosts)
+    broken = {
+        **deploy_vars,
+        **rel["v2"]["vars"],
+        "sockact_app_env": {"API_TOKEN": SECRET, "DEMO_FAIL": "1"},
+    }
+    run, report = deploy_under_load("broken config, rolled back", provisioned, broken, hosts)
     assert run.rc != 0, run.tail()
     first = hosts[0].name
-    # green (v2) is active, so v3 went to blue: instance 1 is the first to fail
-    assert f"api@{BLUE[0]} failed to start on {first}" in run.output, run.tail()
+    assert f"api@{BLUE[0]} failed to start on {first}" in run.text, run.tail()
     assert "DEMO_FAIL" in run.output, run.tail()  # the journal tail says why
+    assert SECRET not in run.output
     assert run.recap[first]["failed"] == 1, run.tail()
-    assert report.failed == 0, report.format_table()
-    assert {ver for (_inst, ver) in report.samples} == {"v2"}, report.samples
+    assert_load_ok(report, "broken config")
+    assert {ver for (_inst, ver) in report.samples} == {"2.0.0"}, report.samples
     for h in hosts:
-        assert record(h)["version"] == "v2", diagnose(hosts)
-        assert active(h, GREEN) == ["active", "active"], diagnose(hosts)
+        assert_converged(h, rel["v2"]["digest"])
         assert active(h, BLUE) == ["inactive", "inactive"], diagnose(hosts)
         assert main_pids(h, GREEN) == pids_before[h.name]
-    # the hosts after the failed one were never switched (the release was only installed)
+    # the hosts after the failed one were never switched
     for h in hosts[1:]:
         assert run.recap[h.name]["failed"] == 0, run.tail()
 
 
 def test_second_deploy_of_the_same_release_changes_nothing(
-    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any]
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
 ) -> None:
     pids_before = {h.name: main_pids(h, GREEN) for h in hosts}
-    run = playbook("deploy.yml", provisioned, {**deploy_vars, "sockact_version": "v2"})
+    run = playbook("deploy.yml", provisioned, {**deploy_vars, **rel["v2"]["vars"]})
     assert run.rc == 0, run.tail()
     print(f"PLAY RECAP of a second v2 deploy: {run.recap}")
     assert set(run.recap) == {h.name for h in hosts}, run.tail()
     assert all(r["changed"] == 0 for r in run.recap.values()), run.tail(200)
     for h in hosts:
         assert main_pids(h, GREEN) == pids_before[h.name]
+
+
+def test_a_label_that_names_other_content_is_refused(
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
+) -> None:
+    before = {h.name: snapshot(h) for h in hosts}
+    relabelled = {**deploy_vars, **rel["v1"]["vars"], "sockact_release": "v2"}
+    run = playbook("deploy.yml", provisioned, relabelled)
+    assert run.rc != 0, run.tail()
+    for h in hosts:
+        line = f"release label v2 already names other content on {h.name} (v2-{rel['v2']['short']})"
+        assert line in run.text, run.tail()
+        assert snapshot(h) == before[h.name], h.name
+
+
+def test_rollback_to_the_previous_release_under_load(
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
+) -> None:
+    releases_before = {h.name: h.run("ls", HOST_LAYOUT.releases_dir).stdout for h in hosts}
+    since = {h.name: host_now(h) for h in hosts}
+    run, report = deploy_under_load(
+        "rollback v2 -> v1", provisioned, deploy_vars, hosts, playbook_name="rollback.yml"
+    )
+    assert run.rc == 0, run.tail()
+    assert_load_ok(report, "rollback")
+    assert {ver for (_inst, ver) in report.samples} == {"2.0.0", "1.0.0"}, report.samples
+    assert "TASK [sockact : Install" not in run.output, run.tail(200)
+    for h in hosts:
+        rec = assert_converged(h, rel["v1"]["digest"])
+        assert (rec["color"], rec["release"]["label"]) == ("blue", "v1"), rec
+        assert rec["previous"]["label"] == "v2", rec
+        assert stop_problems(h, GREEN, since[h.name]) == [], diagnose(hosts)
+        assert h.run("ls", HOST_LAYOUT.releases_dir).stdout == releases_before[h.name]
+        assert_serves_only(h, BLUE, "1.0.0")
+
+
+def test_keep_releases_prunes_old_ones_but_never_a_linked_one(
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
+) -> None:
+    """Blue runs v1 (rolled back to), green's links point at v2. Deploying v3 to green
+    with sockact_keep_releases=1 keeps v3 (newest) and v1 (blue links to it, and it is
+    the previous release), and removes v2."""
+    run = playbook(
+        "deploy.yml",
+        provisioned,
+        {**deploy_vars, **rel["v3"]["vars"], "sockact_keep_releases": 1},
+    )
+    assert run.rc == 0, run.tail()
+    for h in hosts:
+        assert_converged(h, rel["v3"]["digest"])
+        left = h.run("ls", HOST_LAYOUT.releases_dir).stdout.split()
+        assert left == [f"v1-{rel['v1']['short']}", f"v3-{rel['v3']['short']}"], left
 
 
 def test_testinfra_suite_passes_after_a_good_deploy(provisioned: Path) -> None:
@@ -137,7 +293,12 @@ def _closed_loopback_port() -> int:
 
 
 def test_a_down_host_fails_the_run_before_any_host_changes(
-    alab: Lab, provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], tmp_path: Path
+    alab: Lab,
+    provisioned: Path,
+    hosts: list[Host],
+    deploy_vars: dict[str, Any],
+    rel: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     inventory = tmp_path / "inventory.ini"
     # nothing listens there: ssh is refused at once (loopback, no traffic leaves)
@@ -147,19 +308,21 @@ def test_a_down_host_fails_the_run_before_any_host_changes(
         "-o UserKnownHostsFile=/dev/null -o ConnectTimeout=3'\n"
     )
     inventory.write_text(provisioned.read_text(encoding="utf-8") + down, encoding="utf-8")
-    before = {h.name: (record(h), main_pids(h, GREEN)) for h in hosts}
-    run = playbook("deploy.yml", inventory, {**deploy_vars, "sockact_version": "v4"})
+    before = {h.name: snapshot(h) for h in hosts}
+    run = playbook(
+        "deploy.yml", inventory, {**deploy_vars, **rel["v2"]["vars"], "sockact_release": "v4"}
+    )
     assert run.rc != 0, run.tail()
     named = "fatal: [down-host]" in run.output and "Connection refused" in run.output
     assert named, run.tail()
     print(f"down host: rc={run.rc} in {run.seconds:.0f} s, recap {run.recap}")
     # neither the install nor the switch started
     assert "Install the release on every host" not in run.output, run.tail()
-    assert "Upgrade blue/green" not in run.output, run.tail()
+    assert "Switch blue/green" not in run.output, run.tail()
     for h in hosts:
-        assert (record(h), main_pids(h, GREEN)) == before[h.name]
-        assert h.run("test", "-e", "/opt/api/releases/v4", check=False).returncode != 0
+        assert snapshot(h) == before[h.name], h.name
         assert run.recap[h.name]["changed"] == 0, run.tail()
+    assert record(hosts[0])["release"]["label"] == "v3"
 
 
 def test_ansible_lint_production_profile() -> None:

@@ -1,9 +1,12 @@
-"""The role in socket mode (``sockact_listen=socket``) against real hosts over SSH.
+"""The role in socket mode (``sockact_listen=socket``) against real hosts over SSH, with the
+main listener on each host's own address (``sockact_host``, not a wildcard).
 
 Every instance inherits the one listening socket of ``api.socket``; a blue/green deploy
 swaps the instances behind it, and the socket itself must stay the same socket
-throughout (a socket restart would refuse connections). A lab of 2 hosts of its own; the
-tests build on each other, in file order: provision, v1, v2 under load, testinfra.
+throughout (a socket restart would refuse connections). The deploy's request to the main
+port goes to the configured address: nothing listens on 127.0.0.1:8080 here, so a deploy
+that asked the loopback would roll back. A lab of 2 hosts of its own; the tests build on
+each other, in file order: provision, v1, v2 under load, testinfra.
 """
 
 from __future__ import annotations
@@ -14,18 +17,23 @@ from typing import Any
 
 import pytest
 
+from sockact.runtime import release
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
+    APP_VARS,
     BLUE,
     GREEN,
     PORT,
-    active,
+    assert_converged,
+    assert_load_ok,
     assert_serves_only,
     deploy_under_load,
     diagnose,
+    host_now,
     playbook,
     record,
     run_infra_suite,
+    stop_problems,
 )
 
 pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
@@ -39,21 +47,44 @@ def listening_socket(h: Host) -> tuple[str, str]:
     ss = h.run("ss", "-Hltne", f"sport = :{PORT}").stdout
     inodes = re.findall(r"\bino:(\d+)", ss)
     assert len(inodes) == 1, f"{h.name}: expected one listener on :{PORT}:\n{ss}"
+    assert f"{h.address}:{PORT}" in ss, f"{h.name}: not bound to {h.address}:\n{ss}"
     return since, inodes[0]
 
 
 @pytest.fixture(scope="module")
-def deploy_vars(wheelhouse: Path) -> dict[str, Any]:
-    return {
-        "sockact_wheelhouse": str(wheelhouse),
-        "sockact_drain_timeout": 5.0,
-        "sockact_listen": "socket",
-    }
+def inventory(alab: Lab, hosts: list[Host]) -> Path:
+    """The lab's inventory with ``sockact_host`` = each host's own address."""
+    path = alab.directory / "inventory-own-address.ini"
+    lines = []
+    for line in alab.inventory_path.read_text(encoding="utf-8").splitlines():
+        for h in hosts:
+            if line.startswith(f"{h.name} "):
+                line += f" sockact_host={h.address}"
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
-def provisioned(alab: Lab, hosts: list[Host], deploy_vars: dict[str, Any]) -> Path:
-    run = playbook("provision.yml", alab.inventory_path, deploy_vars)
+def deploy_vars(releases: dict[str, Path]) -> dict[str, Any]:
+    return {**APP_VARS, "sockact_drain_timeout": 5.0, "sockact_listen": "socket"}
+
+
+@pytest.fixture(scope="module")
+def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for label, version in (("v1", "1.0.0"), ("v2", "2.0.0")):
+        house = releases[version]
+        out[label] = {
+            "vars": {"sockact_release": label, "sockact_wheelhouse": str(house)},
+            "digest": release.from_wheelhouse(house).digest,
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def provisioned(inventory: Path, hosts: list[Host], deploy_vars: dict[str, Any]) -> Path:
+    run = playbook("provision.yml", inventory, deploy_vars)
     assert run.rc == 0, run.tail()
     for h in hosts:
         units = ("api.socket", "api.service")
@@ -63,36 +94,35 @@ def provisioned(alab: Lab, hosts: list[Host], deploy_vars: dict[str, Any]) -> Pa
         assert (
             h.run("test", "-e", "/etc/sysctl.d/60-api-reuseport.conf", check=False).returncode != 0
         )
-    return alab.inventory_path
+    return inventory
 
 
 def test_socket_mode_v1_then_v2_under_load_keeps_the_one_socket(
-    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any]
+    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
 ) -> None:
-    run = playbook("deploy.yml", provisioned, {**deploy_vars, "sockact_version": "v1"})
+    run = playbook("deploy.yml", provisioned, {**deploy_vars, **rel["v1"]["vars"]})
     assert run.rc == 0, run.tail()
     before = {}
     for h in hosts:
         assert (record(h)["color"], record(h)["listen"]) == ("blue", "socket"), diagnose(hosts)
-        assert active(h, BLUE) == ["active", "active"], diagnose(hosts)
+        assert_converged(h, rel["v1"]["digest"])
         before[h.name] = listening_socket(h)
 
+    since = {h.name: host_now(h) for h in hosts}
     run, report = deploy_under_load(
-        "socket mode: v1 -> v2", provisioned, {**deploy_vars, "sockact_version": "v2"}, hosts
+        "socket mode: v1 -> v2", provisioned, {**deploy_vars, **rel["v2"]["vars"]}, hosts
     )
     assert run.rc == 0, run.tail()
-    assert report.total > 0
-    assert report.failed == 0, report.format_table()
-    assert {ver for (_inst, ver) in report.samples} == {"v1", "v2"}, report.samples
+    assert_load_ok(report, "socket mode: v1 -> v2")
+    assert {ver for (_inst, ver) in report.samples} == {"1.0.0", "2.0.0"}, report.samples
 
     for h in hosts:
-        rec = record(h)
-        assert (rec["color"], rec["version"], rec["listen"]) == ("green", "v2", "socket")
-        assert active(h, GREEN) == ["active", "active"], diagnose(hosts)
-        assert active(h, BLUE) == ["inactive", "inactive"], diagnose(hosts)
+        rec = assert_converged(h, rel["v2"]["digest"])
+        assert (rec["color"], rec["listen"], rec["instances"]) == ("green", "socket", GREEN)
         # the same listening socket before and after: it never closed
         assert listening_socket(h) == before[h.name], diagnose(hosts)
-        assert_serves_only(h, GREEN, "v2")
+        assert stop_problems(h, BLUE, since[h.name]) == [], diagnose(hosts)
+        assert_serves_only(h, GREEN, "2.0.0")
 
 
 def test_testinfra_suite_passes_in_socket_mode(provisioned: Path) -> None:

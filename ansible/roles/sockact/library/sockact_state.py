@@ -66,6 +66,10 @@ options:
   expect_digest:
     description: With O(check), the release digest each checked instance must report.
     type: str
+  main_url:
+    description: With O(check), a URL of the main port that must answer 200 (a real request
+      through the shared port, after every instance is checked).
+    type: str
   host_label:
     description: How messages name this host (the inventory name); default its node name.
     type: str
@@ -332,9 +336,13 @@ def _sha1(path: str) -> str:
         return "missing"
 
 
+#: direct connections only: the host's http_proxy must not carry a check of its own ports
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _get(url: str, timeout: float) -> tuple[int, dict[str, Any]]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with _OPENER.open(url, timeout=timeout) as resp:
             status, body = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read()
@@ -507,6 +515,7 @@ def main() -> None:
             "check": {"type": "list", "elements": "int", "default": []},
             "expect_digest": {"type": "str"},
             "host_label": {"type": "str", "default": ""},
+            "main_url": {"type": "str"},
             "timeout": {"type": "float", "default": 3.0},
         },
         supports_check_mode=True,
@@ -536,6 +545,11 @@ def main() -> None:
     result["prune"] = prune(state["releases"], p["keep"], protected)
     host = p["host_label"] or os.uname().nodename
     result["unverified"] = unverified(units, p["check"], p["expect_digest"], layout["name"], host)
+    if p["main_url"]:
+        status, _ = _get(p["main_url"], max(p["timeout"], 10.0))
+        result["main_status"] = status
+        if status != 200:
+            result["unverified"].append(f"{p['main_url']} on {host} answered {status or 'nothing'}")
     # JSON keys are strings: say so, rather than let Ansible convert them silently
     state["units"] = {str(i): u for i, u in units.items()}
     module.exit_json(**result)

@@ -1,0 +1,279 @@
+"""A switch survives interruption: ansible-playbook killed at each step, a record that lies,
+a host rebooted mid-switch.
+
+A lab of 2 hosts of its own. Both run v1 (blue) and have v2 installed (``--tags
+install``); each scenario switches ONE host (``--limit``) between v1 and v2 under load on
+that host, so no install happens while the clock runs:
+
+* kill: ``ansible-playbook`` (its whole process group: the workers and their ssh clients)
+  gets SIGKILL at a step of the switch -- while the new color starts, once it started,
+  once it verified (before the record is written), once the record is written (before the
+  old color stops), while the old color drains -- then the same deploy runs again. Across
+  kill and re-run: 0 failed requests of any kind, an answered request every second, no
+  request over 2 s; at the end exactly one color runs, on the target release, the record
+  names it, the enabled units are its instances, no intent is left, and every stopped
+  instance exited cleanly.
+* a record naming the color that does not serve (the state of issue 10's outage): the
+  deploy must not stop the serving color first.
+* reboot (a real one: systemctl reboot in the host, which the lab boots again): killed once
+  the new color started (not enabled, not recorded) and killed once the record is written
+  (enablement flipped, old color still running); after the boot exactly the recorded color
+  runs and is enabled. Then the re-run converges; and after a completed deploy a reboot
+  brings back the recorded color.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sockact.runtime import release
+from sockact_lab.lab import Host, Lab
+from tests.ansible.playbooks import (
+    APP_VARS,
+    BLUE,
+    GREEN,
+    HOST_LAYOUT,
+    assert_converged,
+    assert_load_ok,
+    diagnose,
+    enabled_instances,
+    figures,
+    host_now,
+    playbook,
+    playbook_killed,
+    record,
+    running_instances,
+    start_probe,
+    stop_problems,
+)
+
+pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
+
+#: a lighter load than the deploy tests' (each client pauses 50 ms between requests, about
+#: two hundred requests per second): the scenarios are many, the playbook needs the CPU, and
+#: every request still counts
+LIGHT = 0.05
+
+
+@pytest.fixture(scope="module")
+def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for label, version in (("v1", "1.0.0"), ("v2", "2.0.0")):
+        house = releases[version]
+        out[label] = {
+            "vars": {"sockact_release": label, "sockact_wheelhouse": str(house)},
+            "digest": release.from_wheelhouse(house).digest,
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_vars() -> dict[str, Any]:
+    return {**APP_VARS, "sockact_drain_timeout": 5.0}
+
+
+@pytest.fixture(scope="module")
+def ready(alab: Lab, hosts: list[Host], base_vars: dict[str, Any], rel: dict[str, Any]) -> Path:
+    """Provisioned, v1 on blue everywhere, v2 installed everywhere (not switched to)."""
+    inv = alab.inventory_path
+    for name, extra, args in (
+        ("provision.yml", base_vars, ()),
+        ("deploy.yml", {**base_vars, **rel["v1"]["vars"]}, ()),
+        ("deploy.yml", {**base_vars, **rel["v2"]["vars"]}, ("--tags", "install")),
+    ):
+        run = playbook(name, inv, extra, *args)
+        assert run.rc == 0, run.tail()
+    for h in hosts:
+        rec = assert_converged(h, rel["v1"]["digest"])
+        assert rec["color"] == "blue"
+        installed = h.run("ls", HOST_LAYOUT.releases_dir).stdout.split()
+        assert len(installed) == 2, installed
+    return inv
+
+
+def _wait_for(h: Host, instances: list[int], state: str, timeout: float = 60) -> Callable[[], None]:
+    """A ``then`` for playbook_killed: return once one of ``instances`` is in ``state``."""
+
+    def wait() -> None:
+        units = [HOST_LAYOUT.instance_unit(i) for i in instances]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = h.run("systemctl", "is-active", *units, check=False).stdout.split()
+            if state in states:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{h.name}: none of {units} became {state} in {timeout} s")
+
+    return wait
+
+
+def _at_kill(h: Host) -> str:
+    rec = h.run("cat", HOST_LAYOUT.deploy_record, check=False).stdout
+    color = "?"
+    if rec.strip():
+        color = record(h)["color"]
+    states = h.run(
+        "systemctl", "is-active", *(HOST_LAYOUT.instance_unit(i) for i in BLUE + GREEN), check=False
+    ).stdout.split()
+    intent = h.run("test", "-e", HOST_LAYOUT.deploy_intent, check=False).returncode == 0
+    return (
+        f"record {color}, blue {states[:2]}, green {states[2:]}, "
+        f"enabled {enabled_instances(h)}, intent {'present' if intent else 'absent'}"
+    )
+
+
+def _other(label: str) -> str:
+    return "v2" if label == "v1" else "v1"
+
+
+# (name, banner of the task the kill comes at, wait on the host before the kill)
+KILL_POINTS: list[tuple[str, str, str | None]] = [
+    ("while the new color starts", "Start the instances of", "activating"),
+    ("once the new color started", "Read each new instance's readiness", None),
+    ("once it verified, before the record", "Write the deploy record naming", None),
+    ("once the record is written, before the old color stops", "Stop the old color", None),
+    ("while the old color drains", "Stop the old color", "deactivating"),
+]
+
+
+@pytest.mark.parametrize(("point", "banner", "wait"), KILL_POINTS, ids=[k[0] for k in KILL_POINTS])
+def test_killed_switch_recovers_on_rerun_without_a_failed_request(
+    ready: Path,
+    hosts: list[Host],
+    base_vars: dict[str, Any],
+    rel: dict[str, Any],
+    point: str,
+    banner: str,
+    wait: str | None,
+) -> None:
+    n = [k[0] for k in KILL_POINTS].index(point)
+    h = hosts[n % 2]
+    before = record(h)
+    old_color = before["color"]
+    old_instances = before["instances"]
+    new_instances = GREEN if old_color == "blue" else BLUE
+    target = _other(before["release"]["label"])
+    extra = {**base_vars, **rel[target]["vars"]}
+    since = host_now(h)
+    then = None
+    if wait == "activating":
+        then = _wait_for(h, new_instances, "activating")
+    elif wait == "deactivating":
+        then = _wait_for(h, old_instances, "deactivating")
+
+    probe = start_probe([h], LIGHT)
+    try:
+        killed = playbook_killed("deploy.yml", ready, extra, banner, "--limit", h.name, then=then)
+        state = _at_kill(h)
+        rerun = playbook("deploy.yml", ready, extra, "--limit", h.name)
+    finally:
+        report = probe.stop()
+    line = figures(f"killed {point} on {h.name} ({before['release']['label']} -> {target})", report)
+    print(f"  at the kill: {state}; killed run rc={killed.rc}, re-run rc={rerun.rc}")
+    assert rerun.rc == 0, rerun.tail(100)
+    assert_load_ok(report, line)
+    rec = assert_converged(h, rel[target]["digest"])
+    assert rec["instances"] == new_instances, rec
+    assert stop_problems(h, old_instances, since) == [], diagnose([h])
+
+
+def test_a_record_naming_the_stopped_color_does_not_stop_the_serving_one(
+    ready: Path, hosts: list[Host], base_vars: dict[str, Any], rel: dict[str, Any]
+) -> None:
+    """Issue 10: the record names the color that no longer runs (a run died between the
+    old order's stop and record). The color that serves is the old one, whatever the
+    record says, and is stopped only after the other one verified."""
+    h = hosts[0]
+    rec = record(h)
+    serving = rec["instances"]
+    lie = {**rec, "color": "green" if rec["color"] == "blue" else "blue"}
+    lie["instances"] = GREEN if lie["color"] == "green" else BLUE
+    h.run(
+        "sh",
+        "-c",
+        f"cat > {HOST_LAYOUT.deploy_record} <<'EOF'\n{__import__('json').dumps(lie)}\nEOF",
+    )
+    target = _other(rec["release"]["label"])
+    since = host_now(h)
+    probe = start_probe([h], LIGHT)
+    try:
+        run = playbook("deploy.yml", ready, {**base_vars, **rel[target]["vars"]}, "--limit", h.name)
+    finally:
+        report = probe.stop()
+    line = figures(f"record naming {lie['color']} while {rec['color']} serves, on {h.name}", report)
+    assert run.rc == 0, run.tail(100)
+    assert_load_ok(report, line)
+    after = assert_converged(h, rel[target]["digest"])
+    assert after["instances"] == lie["instances"], after
+    assert stop_problems(h, serving, since) == [], diagnose([h])
+
+
+def _assert_boot_matches_record(h: Host) -> dict[str, Any]:
+    rec = record(h)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = running_instances(h)
+        states = h.run(
+            "systemctl",
+            "is-active",
+            *(HOST_LAYOUT.instance_unit(i) for i in rec["instances"]),
+            check=False,
+        ).stdout.split()
+        if states == ["active"] * len(rec["instances"]):
+            break
+        time.sleep(0.5)
+    running = running_instances(h)
+    enabled = enabled_instances(h)
+    print(
+        f"{h.name} after the reboot: record {rec['color']} {rec['instances']}, "
+        f"running {running}, enabled {enabled}"
+    )
+    assert running == rec["instances"], diagnose([h])
+    assert enabled == rec["instances"], diagnose([h])
+    return rec
+
+
+@pytest.mark.parametrize(
+    ("point", "banner"),
+    [
+        ("once the new color started", "Read each new instance's readiness"),
+        ("once the record is written", "Stop the old color"),
+    ],
+)
+def test_a_reboot_mid_switch_brings_back_the_recorded_color(
+    alab: Lab,
+    ready: Path,
+    hosts: list[Host],
+    base_vars: dict[str, Any],
+    rel: dict[str, Any],
+    point: str,
+    banner: str,
+) -> None:
+    h = alab.hosts()[1]  # fresh: an earlier reboot gave it new PIDs
+    before = record(h)
+    target = _other(before["release"]["label"])
+    extra = {**base_vars, **rel[target]["vars"]}
+    killed = playbook_killed("deploy.yml", ready, extra, banner, "--limit", h.name)
+    print(f"{h.name} killed {point} (rc={killed.rc}): {_at_kill(h)}")
+    h = alab.reboot(h.name)
+    rec = _assert_boot_matches_record(h)
+    # the record, hence what came back, is the old color before the record step, the new
+    # one from it on
+    expect = before["release"]["digest"] if "started" in point else rel[target]["digest"]
+    assert rec["release"]["digest"] == expect, rec
+    rerun = playbook("deploy.yml", ready, extra, "--limit", h.name)
+    assert rerun.rc == 0, rerun.tail(100)
+    assert_converged(h, rel[target]["digest"])
+
+
+def test_a_reboot_after_a_deploy_brings_back_the_recorded_color(
+    alab: Lab, ready: Path, hosts: list[Host], rel: dict[str, Any]
+) -> None:
+    h = alab.reboot(alab.hosts()[1].name)
+    rec = _assert_boot_matches_record(h)
+    assert_converged(h, rec["release"]["digest"])
