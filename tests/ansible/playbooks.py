@@ -33,7 +33,7 @@ APP_VARS: dict[str, Any] = {
     "sockact_app": "sockact_demo:create_app",
     "sockact_warmup": "sockact_demo:warmup",
 }
-#: 6 keep-alive + 6 new-connection clients (docs/design.md's measurements)
+#: 6 keep-alive + 6 new-connection clients, as in the measurements of docs/design.md
 KEEPALIVE = 6
 NEW_CONN = 6
 #: seconds each client waits between its requests: continuous load that leaves CPU for the

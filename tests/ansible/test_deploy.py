@@ -76,6 +76,7 @@ def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
             "short": ident.short,
             "version": version,
             "dir": HOST_LAYOUT.release_dir(f"{label}-{ident.short}"),
+            "wheels": sorted(w.name for w in house.glob("*.whl")),
         }
     return out
 
@@ -159,6 +160,7 @@ def test_v1_then_v2_under_load_without_a_failed_request(
             "label": "v2",
             "digest": rel["v2"]["digest"],
             "dir": rel["v2"]["dir"],
+            "wheels": rel["v2"]["wheels"],
         }
         assert rec["previous"]["digest"] == rel["v1"]["digest"], rec
         assert stop_problems(h, BLUE, since[h.name]) == [], diagnose(hosts)

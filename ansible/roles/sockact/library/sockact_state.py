@@ -428,6 +428,7 @@ def _releases(layout: dict[str, Any]) -> list[dict[str, Any]]:
                 "label": meta.get("label"),
                 "digest": meta.get("digest"),
                 "installed_at": meta.get("installed_at"),
+                "wheels": meta.get("wheels") or [],
                 "complete": bool(meta.get("digest")),
             }
         )
