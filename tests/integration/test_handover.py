@@ -1,6 +1,6 @@
 """Handover of port 8080 from instance 1 to instance 2 under load, in a network namespace.
 
-Each test makes its own namespace (``sockact-ho-<random>``), so the sysctl
+Each test makes its own namespace (the ``netns`` fixture), so the sysctl
 ``net.ipv4.tcp_migrate_req`` (per namespace) and port 8080 are ours alone. Every process
 runs with ``ip netns exec``; readiness comes over NOTIFY_SOCKET (a unix path socket works
 across network namespaces), so the test never needs to enter the namespace itself.
@@ -11,81 +11,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.integration.support import (
     PYTHON,
     ROOT,
     SOCKACT,
+    Netns,
     NotifySocket,
     ServeFactory,
     clean_env,
-    is_root,
 )
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(not is_root(), reason="needs root: creates a network namespace"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 (ip netns)"),
-]
+pytestmark = [pytest.mark.root]  # the netns fixture needs root (skips, or fails under CI)
 
 MakeNotify = Callable[..., NotifySocket]
 PORT = 8080
-
-
-@dataclass
-class Netns:
-    name: str
-
-    @property
-    def prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
-
-    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.prefix, *argv], capture_output=True, text=True, timeout=timeout, check=False
-        )
-
-    def set_migrate_req(self, value: int) -> None:
-        path = "/proc/sys/net/ipv4/tcp_migrate_req"
-        res = self.run("sh", "-c", f"echo {value} > {path} && cat {path}")
-        if res.returncode != 0 and "No such file" in res.stderr:
-            pytest.skip("kernel without net.ipv4.tcp_migrate_req (Linux < 5.14)")
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.strip() == str(value)
-
-    def pids(self) -> list[int]:
-        res = subprocess.run(
-            ["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False
-        )
-        return [int(p) for p in res.stdout.split()]
-
-
-@pytest.fixture
-def netns() -> Iterator[Netns]:
-    ns = Netns(f"sockact-ho-{secrets.token_hex(4)}")
-    subprocess.run(["ip", "netns", "add", ns.name], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns.name, "link", "set", "lo", "up"], check=True)
-        yield ns
-    finally:
-        # Only processes this test started live in its namespace; stop any left, by PID.
-        for pid in ns.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", ns.name], check=False)
 
 
 class ProbeProc:

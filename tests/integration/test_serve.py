@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.integration.support import (
     SOCKACT,
     NotifySocket,
     RawConn,

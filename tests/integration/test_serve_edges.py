@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RawConn, ServeFactory, connect_state, http_get, poll
+from tests.integration.support import RawConn, ServeFactory, connect_state, http_get, poll
 
 
 def test_drain_timeout_cuts_and_says_how_many(serve: ServeFactory) -> None:
