@@ -175,7 +175,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "admin_port": (1, 65535),
     "threads": (1, 1024),
     "backlog": (1, 65535),
-    "connection_limit": (2, 1_000_000),
+    "connection_limit": (1, 1_000_000),
     "drain_timeout": (0.1, 86400),
     "idle_grace": (0, 3600),
     "warmup_timeout": (0.1, 86400),

@@ -240,6 +240,14 @@ class Instance:
             tick_every=self._watchdog_every / 2 if self._watchdog_every else 1.0,
         )
         server.close()
+        self.metrics.connections_cut("drain_timeout", result.cut)
+        self.metrics.connections_cut("unread_request", result.cut_unread)
+        if result.cut_unread:
+            log.warning(
+                "closed %d connection(s) with request bytes unread (the client sent more "
+                "after a response that said Connection: close)",
+                result.cut_unread,
+            )
         if result.timed_out:
             self._phase(
                 "stopped",
@@ -247,7 +255,12 @@ class Instance:
             )
             log.warning("cut %d connection(s) at drain_timeout", result.cut)
         else:
-            self._phase("stopped", f"drained in {result.seconds:.2f} s, no connection cut")
+            cut = (
+                f"{result.cut_unread} connection(s) closed with requests unread"
+                if result.cut_unread
+                else "no connection cut"
+            )
+            self._phase("stopped", f"drained in {result.seconds:.2f} s, {cut}")
         return 0
 
     def _on_drain(self, open_connections: int) -> None:

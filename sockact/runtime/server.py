@@ -28,6 +28,7 @@ from typing import Any
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
@@ -40,11 +41,29 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 @dataclass(frozen=True)
 class DrainResult:
-    """How a drain ended: seconds it took and connections cut at the deadline."""
+    """How a drain ended: seconds it took, and connections it cut.
+
+    ``cut`` counts connections closed at ``drain_timeout`` with a request unfinished;
+    ``cut_unread`` those closed during the drain while request bytes were still unread
+    (a client that kept pipelining after its response said ``Connection: close``).
+    """
 
     seconds: float
     cut: int
     timed_out: bool
+    cut_unread: int = 0
+
+
+class _Parser(HTTPRequestParser):  # type: ignore[misc]
+    #: the request had both Content-Length and Transfer-Encoding (RFC 9112 6.1)
+    both_lengths = False
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        headers = self.headers
+        # HTTP/1.1 parsing pops TRANSFER_ENCODING and sets ``chunked``; 1.0 keeps it.
+        if "CONTENT_LENGTH" in headers and (self.chunked or "TRANSFER_ENCODING" in headers):
+            self.both_lengths = True
 
 
 class _DrainingTask(WSGITask):  # type: ignore[misc]
@@ -63,9 +82,16 @@ class _DrainingTask(WSGITask):  # type: ignore[misc]
             metrics.request_finished(status)
 
     def build_response_header(self) -> bytes:
+        channel = self.channel
         # Decided when the header is written, so a request that started before the
-        # drain and finishes after it still tells its client to go elsewhere.
-        if self.channel.server.draining:
+        # drain and finishes after it still tells its client to go elsewhere; but only
+        # on the last request the connection has sent: pipelined requests already
+        # received are answered first (the close would discard them).
+        if channel.server.draining and not channel.more_requests_waiting():
+            self.set_close_on_finish()
+        # RFC 9112 6.1: Content-Length with Transfer-Encoding may be a smuggling attempt;
+        # the body was read as chunked, and the connection must close after the response.
+        if self.request.both_lengths:
             self.set_close_on_finish()
         header: bytes = super().build_response_header()
         return header
@@ -73,7 +99,10 @@ class _DrainingTask(WSGITask):  # type: ignore[misc]
 
 class _DrainingChannel(HTTPChannel):  # type: ignore[misc]
     task_class = _DrainingTask
+    parser_class = _Parser
     server: _DrainingServer
+    #: set when the drain cuts this channel at drain_timeout (counted there)
+    cut = False
 
     def idle(self) -> bool:
         """No request being read, queued or answered, and nothing left to send."""
@@ -85,13 +114,29 @@ class _DrainingChannel(HTTPChannel):  # type: ignore[misc]
             and not self.will_close
         )
 
+    def more_requests_waiting(self) -> bool:
+        """Another request is queued, half-read, or unread in the kernel behind this one.
+
+        Called from a worker thread while its task (``requests[0]``) is answered: the loop
+        thread reads nothing more from this channel until that task is done.
+        """
+        return len(self.requests) > 1 or self.request is not None or self.has_pending_input()
+
     def has_pending_input(self) -> bool:
+        sock = self.socket
+        if sock is None:
+            return False
         try:
-            return bool(self.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except BlockingIOError:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # BlockingIOError: nothing there; anything else: gone
             return False
-        except OSError:
-            return False
+
+    def handle_close(self) -> None:
+        server = self.server
+        if server.draining and not self.cut and self.connected and self.has_pending_input():
+            # a client that went on sending after our last response said Connection: close
+            server.cut_unread += 1
+        super().handle_close()
 
 
 class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
@@ -99,6 +144,31 @@ class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
     draining = False
     metrics: Metrics
     inherited = False
+    cut_unread = 0
+    # waitress's own attributes, typed here for mypy
+    next_channel_cleanup: float = 0
+    in_connection_overflow: bool = False
+
+    def readable(self) -> bool:
+        """waitress's own, with ``connection_limit`` counting client connections only.
+
+        waitress counts every entry of its socket map, which also holds the listener and
+        the trigger: a limit of 4 served 2 clients.
+        """
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        if not self.accepting:
+            return False
+        clients, limit = len(self.active_channels), self.adj.connection_limit
+        if not self.in_connection_overflow and clients >= limit:
+            self.in_connection_overflow = True
+            log.warning("%d client connections open (connection_limit): accept paused", clients)
+        elif self.in_connection_overflow and clients < limit:
+            self.in_connection_overflow = False
+            log.info("below connection_limit again: accepting")
+        return not self.in_connection_overflow
 
     def accept_connections(self) -> None:
         self.accepting = True
@@ -193,11 +263,13 @@ class WaitressServer:
                 continue
             channels = list(server.active_channels.values())
             if not channels:
-                return DrainResult(time.monotonic() - started, 0, False)
+                return DrainResult(time.monotonic() - started, 0, False, server.cut_unread)
             if now - started >= drain_timeout:
                 for channel in channels:
+                    channel.cut = True
                     channel.handle_close()
-                return DrainResult(time.monotonic() - started, len(channels), True)
+                took = time.monotonic() - started
+                return DrainResult(took, len(channels), True, server.cut_unread)
             if now - started >= idle_grace:
                 for channel in channels:
                     if channel.idle() and not channel.has_pending_input():
