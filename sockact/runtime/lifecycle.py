@@ -8,6 +8,7 @@ exactly when api@2 serves.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import logging
 import os
@@ -31,6 +32,15 @@ log = logging.getLogger("sockact")
 #: how often EXTEND_TIMEOUT_USEC is sent during a long warm-up, and how far it reaches
 EXTEND_EVERY = 5.0
 EXTEND_BY = 15.0
+
+#: The first of these drains (nginx's SIGQUIT is graceful too); a second one during the
+#: drain exits 130 at once.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+#: Logged and ignored. A stray SIGHUP (a closed terminal, a `kill -HUP` meant for a
+#: reload) must not take an instance out: a drain would exit 0, and systemd's
+#: Restart=on-failure would not bring it back. sockact has nothing to reload: a new
+#: release is a new instance.
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class _Fields(logging.Filter):
@@ -95,6 +105,8 @@ class Instance:
         self._stop = threading.Event()
         self._server: WaitressServer | None = None
         self._signals = 0
+        self._stop_signal = ""
+        self._ignored: collections.deque[str] = collections.deque()
         self._next_watchdog = 0.0
         self._watchdog_every = systemd.watchdog_interval()
 
@@ -186,6 +198,7 @@ class Instance:
         while worker.is_alive():
             now = time.monotonic()
             if self._stop.is_set():
+                log.info("%s during the warm-up: stopping", self._stop_signal)
                 return None
             if now - began >= cfg.warmup_timeout:
                 raise AppFailed(
@@ -265,12 +278,20 @@ class Instance:
 
     def _on_drain(self, open_connections: int) -> None:
         self.metrics.phase = "draining"
-        status = f"draining {open_connections} connection(s), up to {self.cfg.drain_timeout:g} s"
+        status = (
+            f"{self._stop_signal}: draining {open_connections} connection(s), "
+            f"up to {self.cfg.drain_timeout:g} s"
+        )
         systemd.notify("STOPPING=1", f"STATUS={status}")
         log.info(status)
 
     def _tick(self) -> None:
-        # Runs in the server loop: a frozen loop sends no WATCHDOG=1 and systemd acts.
+        # Runs in the loop (warm-up or server): the signal handlers only leave notes.
+        while self._ignored:
+            log.warning(
+                "%s ignored (stop with SIGTERM; see README, Signals)", self._ignored.popleft()
+            )
+        # A frozen loop sends no WATCHDOG=1, and systemd acts.
         if self._watchdog_every is None:
             return
         now = time.monotonic()
@@ -283,14 +304,26 @@ class Instance:
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_stop_signal)
+        for sig in IGNORED_SIGNALS:
+            signal.signal(sig, self._on_ignored_signal)
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Only flags and a wake-up here; the loop thread does the work.
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags and a wake-up here; the loop does the work. The one exception is the
+        # forced exit, which must not wait for a loop that may be stuck.
+        name = signal.Signals(signum).name
         self._signals += 1
         if self._signals > 1:
-            raise ForcedExit(f"second {signal.Signals(signum).name}: stopping without drain")
+            raise ForcedExit(
+                f"second stop signal ({name}) during the drain: exiting without finishing it"
+            )
+        self._stop_signal = name
         self._stop.set()
         if self._server is not None:
             self._server.request_drain()
+
+    def _on_ignored_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._ignored.append(signal.Signals(signum).name)
+        if self._server is not None:
+            self._server.wake()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import threading
 import time
@@ -177,6 +178,36 @@ class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
             self.socket.listen(self.adj.backlog)
 
 
+class _SignalWakeup(wasyncore.dispatcher):  # type: ignore[misc]
+    """The loop's end of ``signal.set_wakeup_fd``.
+
+    The kernel may deliver a signal to any thread; Python runs the handler in the main
+    thread only when it next executes bytecode. Without this, a SIGTERM that lands on a
+    worker thread waits for the loop's poll() timeout (up to a second) before the drain
+    starts.
+    """
+
+    def __init__(self, map: dict[int, Any]) -> None:
+        self.read_end, self.write_end = socket.socketpair()
+        self.read_end.setblocking(False)
+        self.write_end.setblocking(False)
+        super().__init__(self.read_end, map=map)
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read(self) -> None:
+        with contextlib.suppress(OSError):
+            self.read_end.recv(4096)
+
+    def close(self) -> None:
+        super().close()
+        self.write_end.close()
+
+
 class WaitressServer:
     """One waitress server on an already acquired listener, with a drain.
 
@@ -219,6 +250,7 @@ class WaitressServer:
         self._server.metrics = metrics
         self._server.inherited = inherited
         metrics.open_connections = lambda: len(self._server.active_channels)
+        self._wakeup = _SignalWakeup(self._map)
         self._drain_requested = threading.Event()
         self.address = f"{self._server.effective_host}:{self._server.effective_port}"
 
@@ -228,6 +260,10 @@ class WaitressServer:
     def request_drain(self) -> None:
         """Ask the loop to drain. Safe from a signal handler or any thread."""
         self._drain_requested.set()
+        self._server.pull_trigger()
+
+    def wake(self) -> None:
+        """Make the loop run its tick now. Safe from a signal handler or any thread."""
         self._server.pull_trigger()
 
     @property
@@ -249,6 +285,26 @@ class WaitressServer:
         watchdog proves the loop alive with it); ``on_drain(open_connections)`` once when
         the drain starts.
         """
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = -1
+        if in_main:
+            previous = signal.set_wakeup_fd(
+                self._wakeup.write_end.fileno(), warn_on_full_buffer=False
+            )
+        try:
+            return self._loop(drain_timeout, idle_grace, on_tick, on_drain, tick_every)
+        finally:
+            if in_main:
+                signal.set_wakeup_fd(previous)
+
+    def _loop(
+        self,
+        drain_timeout: float,
+        idle_grace: float,
+        on_tick: Callable[[], None],
+        on_drain: Callable[[int], None],
+        tick_every: float,
+    ) -> DrainResult:
         server = self._server
         started = 0.0
         while True:
