@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -57,10 +58,10 @@ class _Handler(BaseHTTPRequestHandler):
         if check is None or self.server.metrics.phase != "ready":
             self._json(503, {"ok": False, "phase": self.server.metrics.phase, **self._who()})
             return
-        status, body = check()
-        ok = 200 <= status < 400
-        excerpt = body[:512].decode("utf-8", "replace")
-        self._json(200 if ok else 502, {"ok": ok, "status": status, "body": excerpt, **self._who()})
+        result = check()
+        ok = 200 <= result.status < 400
+        body = {"ok": ok, "status": result.status, "body": result.excerpt(), **self._who()}
+        self._json(200 if ok else 502, body)
 
     def _who(self) -> dict[str, int]:
         return {"instance": self.server.metrics.instance, "pid": os.getpid()}
@@ -83,13 +84,27 @@ class _Handler(BaseHTTPRequestHandler):
 class _AdminHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     metrics: Metrics
-    check: Callable[[], tuple[int, bytes]] | None = None
+    check: Callable[[], CheckResult] | None = None
 
 
-def wsgi_check(app: WSGIApp, path: str) -> Callable[[], tuple[int, bytes]]:
-    """A callable that sends ``GET path`` to ``app`` in-process; returns (status, body)."""
+@dataclass(frozen=True)
+class CheckResult:
+    """What one in-process request to the app gave: its status and body, or its error."""
 
-    def check() -> tuple[int, bytes]:
+    status: int
+    body: bytes
+    #: ``"RuntimeError: ..."`` when the app raised (status is then 500)
+    error: str | None = None
+
+    def excerpt(self, limit: int = 512) -> str:
+        """The start of the body (or the error) as text."""
+        return self.error or self.body[:limit].decode("utf-8", "replace")
+
+
+def wsgi_check(app: WSGIApp, path: str) -> Callable[[], CheckResult]:
+    """A callable that sends ``GET path`` to ``app`` in-process and says what it answered."""
+
+    def check() -> CheckResult:
         environ: dict[str, Any] = {}
         setup_testing_defaults(environ)
         environ.update(PATH_INFO=path.split("?", 1)[0], QUERY_STRING=path.partition("?")[2])
@@ -110,9 +125,11 @@ def wsgi_check(app: WSGIApp, path: str) -> Callable[[], tuple[int, bytes]]:
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
-        except Exception as exc:  # the check reports it; the instance keeps serving
-            return 500, f"{type(exc).__name__}: {exc}".encode()
-        return (got[0] if got else 500), body
+        except Exception as exc:  # reported by the caller; the instance goes on
+            return CheckResult(500, b"", f"{type(exc).__name__}: {exc}")
+        if not got:
+            return CheckResult(500, body, "the app returned without calling start_response")
+        return CheckResult(got[-1], body)
 
     return check
 
@@ -142,7 +159,7 @@ class AdminServer:
     def start(self) -> None:
         self._thread.start()
 
-    def set_check(self, check: Callable[[], tuple[int, bytes]]) -> None:
+    def set_check(self, check: Callable[[], CheckResult]) -> None:
         """Enable ``/check`` once the app is warm."""
         self._httpd.check = check
 

@@ -1,8 +1,9 @@
-"""One instance's life: starting -> warming -> listening -> ready -> draining -> stopped.
+"""One instance's life: starting -> warming -> ready -> draining -> stopped.
 
-This is the order that makes a handover lossless (DESIGN.md): the admin server answers
-first, the app warms up while the old instance keeps all the traffic, the listener opens
-only when the app is warm, and READY=1 follows, so ``systemctl start api@2`` returns
+This is the order that makes a handover lossless (docs/architecture.md): the admin server
+answers first, the app warms up while the old instance keeps all the traffic, the health
+gate proves the release answers (in-process, before any client can reach it), the
+listener opens only then, and READY=1 follows, so ``systemctl start api@2`` returns
 exactly when api@2 serves.
 """
 
@@ -18,10 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sockact.errors import AddressError, AppFailed, ForcedExit
-from sockact.runtime import sockets, systemd
+from sockact.runtime import config, sockets, systemd
 from sockact.runtime.admin import AdminServer, wsgi_check
 from sockact.runtime.config import Config
 from sockact.runtime.metrics import Metrics
@@ -79,6 +80,21 @@ def setup_logging(cfg: Config, metrics: Metrics) -> logging.Handler:
     return handler
 
 
+_T = TypeVar("_T")
+
+
+class _StopRequested(Exception):
+    """A stop signal arrived before the instance served: nothing to drain."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _import(target: str, what: str) -> Callable[..., Any]:
     module_name, _, attr = target.partition(":")
     try:
@@ -127,8 +143,11 @@ class Instance:
             self._install_signals()
             self._phase("starting", f"admin server on http://{admin.address}")
             inherited = self._preflight()
-            app = self._warm_up()
-            if app is None:
+            deadline = time.monotonic() + cfg.warmup_timeout
+            try:
+                app = self._health_gate(self._warm_up(deadline), deadline)
+            except _StopRequested as stopped:
+                log.info("%s during the %s: stopping", self._stop_signal, stopped.stage)
                 self._phase("stopped", "stopped during warm-up")
                 return 0
             admin.set_check(wsgi_check(app, cfg.check_path))
@@ -173,36 +192,71 @@ class Instance:
             raise AddressError(message + " (require_migrate_req = true)")
         log.warning(message)
 
-    def _warm_up(self) -> WSGIApp | None:
-        """Import and call the factory, then the warm-up, within warmup_timeout."""
+    def _warm_up(self, deadline: float) -> object:
+        """Import and call the factory, then the warm-up, before ``deadline``."""
         cfg = self.cfg
         self._phase("warming", f"warming up {cfg.app}")
         os.environ["SOCKACT_INSTANCE"] = str(cfg.instance)
+        began = time.monotonic()
+
+        def work() -> object:
+            app = _import(cfg.app, "app factory")()
+            if cfg.warmup:
+                _import(cfg.warmup, "warm-up")(app)
+            return app
+
+        app = self._bounded("warm-up", work, deadline)
+        log.info("warm-up took %.2f s", time.monotonic() - began)
+        return app
+
+    def _health_gate(self, app: object, deadline: float) -> WSGIApp:
+        """The release must answer before the port sees it: a WSGI callable, and one
+        in-process ``GET check_path`` answered with a status in ``check_status``."""
+        cfg = self.cfg
+        if not callable(app):
+            what = "None" if app is None else f"a {type(app).__name__}"
+            raise AppFailed(
+                f"health gate: app factory {cfg.app} returned {what}, not a WSGI callable"
+            )
+        wsgi_app = cast(WSGIApp, app)
+        self._phase("warming", f"health gate: GET {cfg.check_path} in-process")
+        result = self._bounded("health gate", wsgi_check(wsgi_app, cfg.check_path), deadline)
+        request = f"GET {cfg.check_path}"
+        if result.error is not None:
+            raise AppFailed(f"health gate: {request} raised {_one_line(result.error)}")
+        if not config.accepts_status(cfg.check_status, result.status):
+            raise AppFailed(
+                f"health gate: {request} answered {result.status}, outside check_status = "
+                f"{cfg.check_status}: {_one_line(result.excerpt(200))}"
+            )
+        log.info("health gate: %s answered %d", request, result.status)
+        return wsgi_app
+
+    def _bounded(self, stage: str, work: Callable[[], _T], deadline: float) -> _T:
+        """Run ``work`` in a thread while this thread keeps systemd informed.
+
+        Raises :class:`AppFailed` when ``work`` raises or ``deadline`` (monotonic) passes,
+        and :class:`_StopRequested` when a stop signal arrives first.
+        """
         result: dict[str, Any] = {}
 
-        def work() -> None:
+        def run() -> None:
             try:
-                app = _import(cfg.app, "app factory")()
-                if app is None:
-                    raise AppFailed(f"app factory {cfg.app} returned None")
-                if cfg.warmup:
-                    _import(cfg.warmup, "warm-up")(app)
-                result["app"] = app
+                result["value"] = work()
             except BaseException as exc:
                 result["error"] = exc
 
-        worker = threading.Thread(target=work, name="warmup", daemon=True)
-        began = time.monotonic()
+        worker = threading.Thread(target=run, name=stage.replace(" ", "-"), daemon=True)
         worker.start()
-        next_extend = began
+        next_extend = time.monotonic()
         while worker.is_alive():
             now = time.monotonic()
             if self._stop.is_set():
-                log.info("%s during the warm-up: stopping", self._stop_signal)
-                return None
-            if now - began >= cfg.warmup_timeout:
+                raise _StopRequested(stage)
+            if now >= deadline:
                 raise AppFailed(
-                    f"warm-up did not finish within warmup_timeout = {cfg.warmup_timeout:g} s"
+                    f"{stage} did not finish within warmup_timeout = "
+                    f"{self.cfg.warmup_timeout:g} s (factory, warm-up and health gate)"
                 )
             if now >= next_extend:
                 # Keeps a start that still makes progress from hitting TimeoutStartSec.
@@ -214,9 +268,10 @@ class Instance:
             exc = result["error"]
             if isinstance(exc, AppFailed):
                 raise exc
-            raise AppFailed(f"warm-up of {cfg.app} failed: {type(exc).__name__}: {exc}") from exc
-        log.info("warm-up took %.2f s", time.monotonic() - began)
-        return cast(WSGIApp, result["app"])
+            raise AppFailed(
+                f"{stage} of {self.cfg.app} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return cast(_T, result["value"])
 
     def _acquire(self, inherited: sockets.Listener | None) -> sockets.Listener:
         cfg = self.cfg

@@ -91,3 +91,8 @@ def holds_files() -> WSGIApp:
     for _ in range(int(os.environ.get("HOLD_FILES", "20"))):
         _held.append(open(os.devnull, "rb"))  # noqa: SIM115 - held on purpose
     return create_app()
+
+
+def warmup(app: object) -> None:
+    """A warm-up that succeeds whatever the app is: sleeps ``WARMUP`` seconds (default 0)."""
+    time.sleep(float(os.environ.get("WARMUP", "0")))

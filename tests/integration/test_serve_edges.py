@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import RawConn, ServeFactory, connect_state, http_get, poll
+from tests.integration.support import (
+    PortWatch,
+    RawConn,
+    ServeFactory,
+    connect_state,
+    free_port_pair,
+    http_get,
+    poll,
+)
 
 
 def test_drain_timeout_cuts_and_says_how_many(serve: ServeFactory) -> None:
@@ -35,6 +43,19 @@ def test_sigterm_during_warmup_exits_0_without_listening(serve: ServeFactory) ->
     assert sp.wait_exit(timeout=3) == 0, sp.output()
     assert "stopped during warm-up" in sp.output()
     assert connect_state(sp.port) == "refused"
+
+
+def test_warmup_timeout_exits_3_and_never_opens_the_port(serve: ServeFactory) -> None:
+    port, admin_port = free_port_pair()
+    with PortWatch(port) as watch:
+        sp = serve.start("--warmup-timeout", "1", port=port, admin_port=admin_port, warmup=30)
+        sp.wait_live()
+        assert sp.wait_exit(timeout=15) == 3, sp.output()
+    (line,) = sp.log_lines("sockact: error:")
+    assert "warm-up did not finish within warmup_timeout = 1 s" in line, line
+    assert "Traceback" not in sp.stderr(), sp.output()
+    assert len(watch.results) > 10
+    assert set(watch.results) == {"refused"}, sorted(set(watch.results))
 
 
 def test_require_migrate_req_refuses_when_sysctl_is_0(serve: ServeFactory) -> None:
