@@ -13,6 +13,7 @@ import collections
 import importlib
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar, cast
 
-from sockact.errors import AddressError, AppFailed, ForcedExit
+from sockact.errors import AddressError, AppFailed, BadInput, ForcedExit
 from sockact.runtime import config, sockets, systemd
 from sockact.runtime.admin import AdminServer, wsgi_check
 from sockact.runtime.config import Config
@@ -42,6 +43,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 #: Restart=on-failure would not bring it back. sockact has nothing to reload: a new
 #: release is a new instance.
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+#: File descriptors kept out of connection_limit: stdio, listener, trigger, admin server,
+#: journald, and the app's own files and sockets. An app that needs more is still safe:
+#: accept() pauses when descriptors run out (server.py).
+FD_RESERVE = 64
 
 
 class _Fields(logging.Filter):
@@ -162,6 +168,7 @@ class Instance:
     def _preflight(self) -> sockets.Listener | None:
         """Find the inherited socket or check that the port can be shared, before warm-up."""
         cfg = self.cfg
+        self._file_limit()
         inherited = None
         if cfg.listen in ("auto", "inherit"):
             sock = sockets.find_inherited(cfg.socket_name)
@@ -177,6 +184,32 @@ class Instance:
             self._check_migrate_req()
             sockets.bind_reuseport(cfg.host, cfg.port, backlog=None).close()
         return inherited
+
+    def _file_limit(self) -> None:
+        """Raise the soft RLIMIT_NOFILE to the hard one; connection_limit must fit in it.
+
+        systemd gives services a soft limit of 1024 (hard 524288) unless the unit sets
+        LimitNOFILE=, while connection_limit defaults to 1000.
+        """
+        cfg = self.cfg
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        was = soft
+        if soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (OSError, ValueError) as exc:
+                log.warning("cannot raise the soft RLIMIT_NOFILE %d to %d: %s", soft, hard, exc)
+        raised = f" (raised from {was})" if soft != was else ""
+        log.info("file descriptors: soft limit %d%s, hard %d", soft, raised, hard)
+        if cfg.connection_limit + FD_RESERVE > soft:
+            source = cfg.sources.get("connection_limit", "default")
+            raise BadInput(
+                f"connection_limit = {cfg.connection_limit} ({source}) "
+                f"does not fit RLIMIT_NOFILE {soft} (hard {hard}): sockact keeps {FD_RESERVE} "
+                f"descriptors for itself and the app, so connection_limit can be at most "
+                f"{max(soft - FD_RESERVE, 0)}; lower it, or raise LimitNOFILE= in the unit"
+            )
 
     def _check_migrate_req(self) -> None:
         value = sockets.migrate_req()

@@ -20,6 +20,7 @@ class Metrics:
         self._by_status: Counter[int] = Counter()
         self._in_flight = 0
         self._cut: Counter[str] = Counter()
+        self._out_of_descriptors = 0
         self.phase = "starting"
         #: set by the server adapter once it runs; returns the number of open connections
         self.open_connections: Callable[[], int] = lambda: 0
@@ -37,6 +38,11 @@ class Metrics:
         """Count connections the drain closed with work left on them (by ``reason``)."""
         with self._lock:
             self._cut[reason] += count
+
+    def out_of_descriptors(self) -> None:
+        """Count an episode of accept() failing for want of file descriptors."""
+        with self._lock:
+            self._out_of_descriptors += 1
 
     def cut_by_reason(self) -> dict[str, int]:
         with self._lock:
@@ -76,7 +82,13 @@ class Metrics:
             out.append(
                 f'sockact_connections_cut_total{{{label},reason="{reason}"}} {cut.get(reason, 0)}'
             )
+        with self._lock:
+            episodes = self._out_of_descriptors
         out += [
+            "# HELP sockact_accept_paused_total Episodes of accept() paused for want of file "
+            "descriptors (EMFILE, ENFILE).",
+            "# TYPE sockact_accept_paused_total counter",
+            f"sockact_accept_paused_total{{{label}}} {episodes}",
             "# HELP sockact_phase Current lifecycle phase (1 for the current one).",
             "# TYPE sockact_phase gauge",
         ]

@@ -17,6 +17,7 @@ so that every step of the drain happens in the loop thread:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -38,6 +39,12 @@ from sockact.runtime.metrics import Metrics
 log = logging.getLogger("sockact.runtime.server")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+#: accept() errors that mean "no descriptor (or memory) for a new connection right now"
+_NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: how long accept() rests after such an error before trying again (a connection that
+#: closes ends the rest at once)
+ACCEPT_PAUSE = 0.25
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,7 @@ class _DrainingChannel(HTTPChannel):  # type: ignore[misc]
             # a client that went on sending after our last response said Connection: close
             server.cut_unread += 1
         super().handle_close()
+        server.accept_paused_until = 0.0  # a descriptor is free again: try accept() now
 
 
 class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
@@ -146,6 +154,10 @@ class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
     metrics: Metrics
     inherited = False
     cut_unread = 0
+    #: accept() rests until then (monotonic) after running out of descriptors
+    accept_paused_until = 0.0
+    #: in an episode of accept() failing for want of descriptors (logged once)
+    out_of_descriptors = False
     # waitress's own attributes, typed here for mypy
     next_channel_cleanup: float = 0
     in_connection_overflow: bool = False
@@ -160,7 +172,7 @@ class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
         if now >= self.next_channel_cleanup:
             self.next_channel_cleanup = now + self.adj.cleanup_interval
             self.maintenance(now)
-        if not self.accepting:
+        if not self.accepting or time.monotonic() < self.accept_paused_until:
             return False
         clients, limit = len(self.active_channels), self.adj.connection_limit
         if not self.in_connection_overflow and clients >= limit:
@@ -170,6 +182,42 @@ class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
             self.in_connection_overflow = False
             log.info("below connection_limit again: accepting")
         return not self.in_connection_overflow
+
+    def handle_accept(self) -> None:
+        """waitress's own, without its traceback-per-failure spin when out of descriptors.
+
+        With every descriptor taken, the listener stays readable and accept() fails at
+        once: waitress logged a traceback and tried again, burning a core. Here accept()
+        rests ACCEPT_PAUSE (or until a connection closes), with one log line per episode.
+        """
+        try:
+            conn, addr = self.socket.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_DESCRIPTOR:
+                raise
+            self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+            if not self.out_of_descriptors:
+                self.out_of_descriptors = True
+                self.metrics.out_of_descriptors()
+                log.warning(
+                    "accept paused: %s (%d client connections open); retrying every %g s "
+                    "until a descriptor is free",
+                    exc.strerror,
+                    len(self.active_channels),
+                    ACCEPT_PAUSE,
+                )
+            return
+        if self.out_of_descriptors:
+            self.out_of_descriptors = False
+            log.debug("accept resumed: descriptors free again")
+        try:
+            self.set_socket_options(conn)
+        except OSError:  # the client already went away
+            conn.close()
+            return
+        self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
 
     def accept_connections(self) -> None:
         self.accepting = True
@@ -308,7 +356,8 @@ class WaitressServer:
         server = self._server
         started = 0.0
         while True:
-            wasyncore.poll2(min(tick_every, 0.25 if server.draining else 1.0), self._map)
+            busy = server.draining or server.accept_paused_until
+            wasyncore.poll2(min(tick_every, 0.25 if busy else 1.0), self._map)
             on_tick()
             now = time.monotonic()
             if self._drain_requested.is_set() and not server.draining:

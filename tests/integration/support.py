@@ -309,6 +309,13 @@ class ServeProc:
         """How many threads the process has now."""
         return len(os.listdir(f"/proc/{self.pid}/task"))
 
+    def nofile(self) -> tuple[int, int]:
+        """The process's (soft, hard) RLIMIT_NOFILE now."""
+        return resource.prlimit(self.pid, resource.RLIMIT_NOFILE)
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
     def log_lines(self, needle: str) -> list[str]:
         """Lines of stderr that contain ``needle``."""
         return [line for line in self.stderr().splitlines() if needle in line]
@@ -396,13 +403,13 @@ class ServeFactory:
         command: Sequence[str] | None = None,
         admin_host: str = "127.0.0.1",
         pass_fds: Sequence[int] = (),
-        nofile: int | None = None,
+        nofile: tuple[int, int] | None = None,
     ) -> ServeProc:
         """Start ``prefix... sockact serve --instance I --host 127.0.0.1 --port P ...``.
 
         ``warmup`` sets DEMO_WARMUP; ``command`` replaces the whole sockact part;
-        ``nofile`` sets both the soft and the hard RLIMIT_NOFILE (so sockact cannot raise
-        it); ``pass_fds`` are inherited. PYTHONPATH holds the checkout, so the test apps
+        ``nofile`` sets the (soft, hard) RLIMIT_NOFILE (equal: sockact cannot raise it);
+        ``pass_fds`` are inherited. PYTHONPATH holds the checkout, so the test apps
         (``TEST_APPS``) import.
         """
         if port is None or admin_port is None:
@@ -436,7 +443,7 @@ class ServeFactory:
 
         def limit_files() -> None:
             if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
         with out_path.open("wb") as out, err_path.open("wb") as err:
             proc = subprocess.Popen(
