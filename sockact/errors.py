@@ -11,6 +11,9 @@ EXIT_BAD_INPUT = 2
 EXIT_APP_FAILED = 3
 EXIT_ADDRESS = 4
 EXIT_PROBE_FAILED = 6  # sockact probe: a request failed, or none was made
+#: The main listener failed while serving. Not in the unit's RestartPreventExitStatus=
+#: (2 3 4): a fresh start gets a fresh socket, so systemd restarts the instance.
+EXIT_LISTENER_FAILED = 7
 EXIT_FORCED = 130
 
 
@@ -42,6 +45,12 @@ class AddressError(SockactError):
     """A port cannot be had: taken, not shareable, or not inherited (exit 4)."""
 
     exit_code = EXIT_ADDRESS
+
+
+class ListenerFailed(SockactError):
+    """The main listener broke while serving; what was open has been drained (exit 7)."""
+
+    exit_code = EXIT_LISTENER_FAILED
 
 
 class ForcedExit(SockactError):

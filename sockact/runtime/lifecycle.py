@@ -22,12 +22,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar, cast
 
-from sockact.errors import AddressError, AppFailed, BadInput, ForcedExit
+from sockact.errors import AddressError, AppFailed, BadInput, ForcedExit, ListenerFailed
 from sockact.runtime import config, sockets, systemd
 from sockact.runtime.admin import AdminServer, wsgi_check
 from sockact.runtime.config import Config
 from sockact.runtime.metrics import Metrics
-from sockact.runtime.server import WaitressServer, WSGIApp
+from sockact.runtime.server import DrainResult, WaitressServer, WSGIApp
 
 log = logging.getLogger("sockact")
 
@@ -173,8 +173,8 @@ class Instance:
         if cfg.listen in ("auto", "inherit"):
             sock = sockets.find_inherited(cfg.socket_name)
             if sock is not None:
-                name = sock.getsockname()
-                inherited = sockets.Listener(sock, True, f"inherited from systemd {name}")
+                origin = f"inherited from systemd {sockets.describe(sock)}"
+                inherited = sockets.Listener(sock, True, origin)
             elif cfg.listen == "inherit":
                 raise AddressError(
                     "listen = inherit but systemd passed no socket (LISTEN_FDS/LISTEN_PID "
@@ -341,6 +341,17 @@ class Instance:
             tick_every=self._watchdog_every / 2 if self._watchdog_every else 1.0,
         )
         server.close()
+        self._report(result)
+        if result.listener_error is not None:
+            raise ListenerFailed(
+                f"the main listener failed while serving ({result.listener_error}); what was "
+                "open has been drained; a restart gets a fresh listener"
+            )
+        return 0
+
+    def _report(self, result: DrainResult) -> None:
+        """Count and log how the drain went."""
+        cfg = self.cfg
         self.metrics.connections_cut("drain_timeout", result.cut)
         self.metrics.connections_cut("unread_request", result.cut_unread)
         if result.cut_unread:
@@ -349,9 +360,10 @@ class Instance:
                 "after a response that said Connection: close)",
                 result.cut_unread,
             )
+        phase = "stopped" if result.listener_error is None else "failed"
         if result.timed_out:
             self._phase(
-                "stopped",
+                phase,
                 f"drain_timeout {cfg.drain_timeout:g} s ran out: cut {result.cut} connection(s)",
             )
             log.warning("cut %d connection(s) at drain_timeout", result.cut)
@@ -361,10 +373,19 @@ class Instance:
                 if result.cut_unread
                 else "no connection cut"
             )
-            self._phase("stopped", f"drained in {result.seconds:.2f} s, {cut}")
-        return 0
+            self._phase(phase, f"drained in {result.seconds:.2f} s, {cut}")
 
-    def _on_drain(self, open_connections: int) -> None:
+    def _on_drain(self, open_connections: int, listener_error: str | None) -> None:
+        if listener_error is not None:
+            # Out of ready at once: the listener refuses connections; finish what is open.
+            self.metrics.phase = "failed"
+            status = (
+                f"main listener failed ({listener_error}): draining {open_connections} "
+                f"connection(s), then exit {ListenerFailed.exit_code} for a restart"
+            )
+            systemd.notify("STOPPING=1", f"STATUS={status}")
+            log.error(status)
+            return
         self.metrics.phase = "draining"
         status = (
             f"{self._stop_signal}: draining {open_connections} connection(s), "

@@ -21,6 +21,7 @@ import errno
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,7 +32,7 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
-from waitress.server import TcpWSGIServer
+from waitress.server import BaseWSGIServer, TcpWSGIServer, UnixWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from sockact.runtime.metrics import Metrics
@@ -60,6 +61,8 @@ class DrainResult:
     cut: int
     timed_out: bool
     cut_unread: int = 0
+    #: set when the drain started because the listener failed, not because it was asked
+    listener_error: str | None = None
 
 
 class _Parser(HTTPRequestParser):  # type: ignore[misc]
@@ -148,12 +151,16 @@ class _DrainingChannel(HTTPChannel):  # type: ignore[misc]
         server.accept_paused_until = 0.0  # a descriptor is free again: try accept() now
 
 
-class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
+class _DrainingServer(BaseWSGIServer):  # type: ignore[misc]
+    """What sockact changes in waitress's server, for TCP and unix listeners alike."""
+
     channel_class = _DrainingChannel
     draining = False
     metrics: Metrics
     inherited = False
     cut_unread = 0
+    #: why the listener stopped working while serving (the instance then drains and exits)
+    listener_error: str | None = None
     #: accept() rests until then (monotonic) after running out of descriptors
     accept_paused_until = 0.0
     #: in an episode of accept() failing for want of descriptors (logged once)
@@ -196,7 +203,8 @@ class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
             return
         except OSError as exc:
             if exc.errno not in _NO_DESCRIPTOR:
-                raise
+                self.listener_failed(f"accept() failed: {exc.strerror} (errno {exc.errno})")
+                return
             self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
             if not self.out_of_descriptors:
                 self.out_of_descriptors = True
@@ -224,6 +232,33 @@ class _DrainingServer(TcpWSGIServer):  # type: ignore[misc]
         if not self.inherited:
             # An inherited socket already listens, with the backlog its socket unit set.
             self.socket.listen(self.adj.backlog)
+
+    # The loop calls these on the listener when poll() says it is broken (POLLHUP,
+    # POLLERR, POLLNVAL: closed, or no longer listening) or a handler raised. waitress's
+    # own close() would also close the trigger, leaving a loop that cannot be woken and
+    # an instance that says ready while it refuses every connection.
+
+    def handle_close(self) -> None:
+        self.listener_failed("the listener was closed or stopped listening (poll: hang-up)")
+
+    def handle_error(self) -> None:
+        _t, value, _tb = sys.exc_info()
+        self.listener_failed(f"{type(value).__name__}: {value}")
+
+    def listener_failed(self, reason: str) -> None:
+        """Stop using the listener; the loop drains what is open and reports ``reason``."""
+        if self.listener_error is None and not self.draining:
+            self.listener_error = reason
+        self.accepting = False
+        wasyncore.dispatcher.close(self)  # the listener only, not the trigger
+
+
+class _TcpServer(_DrainingServer, TcpWSGIServer):  # type: ignore[misc]
+    pass
+
+
+class _UnixServer(_DrainingServer, UnixWSGIServer):  # type: ignore[misc]
+    pass
 
 
 class _SignalWakeup(wasyncore.dispatcher):  # type: ignore[misc]
@@ -285,7 +320,9 @@ class WaitressServer:
             asyncore_use_poll=True,  # select() stops at fd 1024
             ident="sockact",
         )
-        self._server = _DrainingServer(
+        unix = listener.family == socket.AF_UNIX
+        server_class = _UnixServer if unix else _TcpServer
+        self._server: _DrainingServer = server_class(
             app,
             self._map,
             _start=False,
@@ -324,14 +361,15 @@ class WaitressServer:
         drain_timeout: float,
         idle_grace: float,
         on_tick: Callable[[], None],
-        on_drain: Callable[[int], None],
+        on_drain: Callable[[int, str | None], None],
         tick_every: float = 1.0,
     ) -> DrainResult:
         """Serve until a drain is requested and finished; returns how the drain went.
 
         ``on_tick`` runs in the loop thread at least every ``tick_every`` seconds (the
-        watchdog proves the loop alive with it); ``on_drain(open_connections)`` once when
-        the drain starts.
+        watchdog proves the loop alive with it); ``on_drain(open_connections, listener_error)``
+        once when the drain starts: asked for (``listener_error`` None), or because the
+        listener failed (the reason; the result carries it too).
         """
         in_main = threading.current_thread() is threading.main_thread()
         previous = -1
@@ -350,7 +388,7 @@ class WaitressServer:
         drain_timeout: float,
         idle_grace: float,
         on_tick: Callable[[], None],
-        on_drain: Callable[[int], None],
+        on_drain: Callable[[int, str | None], None],
         tick_every: float,
     ) -> DrainResult:
         server = self._server
@@ -360,21 +398,24 @@ class WaitressServer:
             wasyncore.poll2(min(tick_every, 0.25 if busy else 1.0), self._map)
             on_tick()
             now = time.monotonic()
-            if self._drain_requested.is_set() and not server.draining:
+            wanted = self._drain_requested.is_set() or server.listener_error is not None
+            if wanted and not server.draining:
                 started = now
                 self._stop_accepting()
-                on_drain(len(server.active_channels))
+                on_drain(len(server.active_channels), server.listener_error)
             if not server.draining:
                 continue
             channels = list(server.active_channels.values())
             if not channels:
-                return DrainResult(time.monotonic() - started, 0, False, server.cut_unread)
+                took = time.monotonic() - started
+                return DrainResult(took, 0, False, server.cut_unread, server.listener_error)
             if now - started >= drain_timeout:
                 for channel in channels:
                     channel.cut = True
                     channel.handle_close()
                 took = time.monotonic() - started
-                return DrainResult(took, len(channels), True, server.cut_unread)
+                cut, unread, error = len(channels), server.cut_unread, server.listener_error
+                return DrainResult(took, cut, True, unread, error)
             if now - started >= idle_grace:
                 for channel in channels:
                     if channel.idle() and not channel.has_pending_input():

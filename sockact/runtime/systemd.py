@@ -18,6 +18,8 @@ import threading
 
 from systemd import daemon
 
+from sockact.errors import AddressError
+
 _notify_lock = threading.Lock()
 _notify_sock: socket.socket | None = None
 
@@ -82,7 +84,14 @@ def inherited_sockets() -> dict[str, socket.socket]:
         os.environ.pop(name, None)
     found: dict[str, socket.socket] = {}
     for fd, name in pairs.items():
-        sock = socket.socket(fileno=fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            for taken in found.values():
+                taken.close()
+            raise AddressError(
+                f"LISTEN_FDS: fd {fd} ({name or 'unnamed'}) is not a socket: {exc.strerror}"
+            ) from exc
         sock.setblocking(False)
         found[name or "unknown"] = sock
     return found

@@ -39,7 +39,8 @@ TEST_APPS = "tests.integration.apps"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
