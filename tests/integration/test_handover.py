@@ -126,8 +126,15 @@ def _handover(
     notify_socket: MakeNotify,
     probe_runner: Callable[..., ProbeProc],
     migrate_req: int,
+    backlog: float = 0.0,
 ) -> dict[str, Any]:
-    """A serves, load starts, B warms up and is READY, A drains and exits; the report."""
+    """A serves, load starts, B warms up and is READY, A drains and exits; the report.
+
+    With ``backlog`` (seconds), A is frozen (SIGSTOP) that long before its SIGTERM, so
+    connections the kernel hands to A pile up in its accept queue, as they do on a busy
+    host: the queue that tcp_migrate_req decides about. Without it, whether any
+    connection waits in A's queue at the moment it closes is luck.
+    """
     netns.set_migrate_req(migrate_req)
     na, nb = notify_socket("a.sock"), notify_socket("b.sock")
     a = serve.start(
@@ -153,7 +160,12 @@ def _handover(
     )
     nb.wait_for("READY", "1", timeout=20)
     time.sleep(0.5)  # both serve for a moment
+    if backlog:
+        a.signal(signal.SIGSTOP)
+        time.sleep(backlog)
     a.signal(signal.SIGTERM)
+    if backlog:
+        a.signal(signal.SIGCONT)
     assert a.wait_exit(25) == 0, a.output()
     time.sleep(1.5)  # load on B alone after the handover
     report = probe.stop()
@@ -162,7 +174,7 @@ def _handover(
     assert b.wait_exit(25) == 0, b.output()
 
     sys.stdout.write(
-        f"\nhandover tcp_migrate_req={migrate_req}: total={report['total']} "
+        f"\nhandover tcp_migrate_req={migrate_req} backlog={backlog}: total={report['total']} "
         f"ok={report['ok']} failed={report['failed']} failures="
         f"{ {k: v for k, v in report['failures'].items() if v} } "
         f"per_instance={_per_instance(report)} max_ms={report['latency_ms']['max']} "
@@ -185,19 +197,28 @@ def test_handover_with_migrate_req_loses_nothing(
     assert set(per_instance) <= {"1", "2"}, per_instance
 
 
-def test_handover_without_migrate_req_reports_cost(
+@pytest.mark.parametrize("migrate_req", [0, 1])
+def test_handover_of_a_backlogged_instance(
     netns: Netns,
     notify_socket: MakeNotify,
     serve: ServeFactory,
     probe_runner: Callable[..., ProbeProc],
+    migrate_req: int,
 ) -> None:
-    """Same handover with tcp_migrate_req=0: prints what it costs (racy, so no > 0 check)."""
-    report = _handover(netns, serve, notify_socket, probe_runner, migrate_req=0)
-    assert report["total"] > 1000, report["total"]
+    """Connections queued on the old instance's listener when it closes: with
+    tcp_migrate_req=0 the kernel resets them (what the sysctl is for); with 1 they move
+    to the new instance and nothing fails."""
+    report = _handover(netns, serve, notify_socket, probe_runner, migrate_req, backlog=1.0)
+    assert report["total"] > 500, report["total"]
     per_instance = _per_instance(report)
     assert per_instance.get("1", 0) > 0 and per_instance.get("2", 0) > 0, per_instance
-    # Whatever failed must be a lost queued connection, not a server error.
-    assert report["failures"]["http_5xx"] == 0, report["failures"]
+    failures = {kind: n for kind, n in report["failures"].items() if n}
+    if migrate_req == 0:
+        # several new-connection clients wait in A's queue after a 1 s freeze
+        assert failures.get("reset", 0) >= 2, (failures, report["error_samples"])
+        assert set(failures) == {"reset"}, (failures, report["error_samples"])
+    else:
+        assert failures == {}, (failures, report["error_samples"])
 
 
 _KERNEL_SCRIPT = textwrap.dedent(
