@@ -140,15 +140,21 @@ class Instance:
         log.info(status)
 
     def run(self) -> int:
-        """The whole life; returns the exit code (0 also after a drain that cut)."""
+        """The whole life; returns the exit code (0 also after a drain that cut).
+
+        Raises :class:`SockactError` subclasses for the other exits (2, 3, 4, 7, 130).
+        """
         setup_logging(self.cfg, self.metrics)
         cfg = self.cfg
         admin = AdminServer(cfg.admin_host, cfg.admin_port, self.metrics)
         try:
+            # 1. admin server first: /live and /ready answer during everything below
             admin.start()
             self._install_signals()
             self._phase("starting", f"admin server on http://{admin.address}")
+            # 2. pre-flight: fd limit, inherited socket or a shareable port (fails fast)
             inherited = self._preflight()
+            # 3. warm-up, then 4. the health gate, both within warmup_timeout
             deadline = time.monotonic() + cfg.warmup_timeout
             try:
                 app = self._health_gate(self._warm_up(deadline), deadline)
@@ -157,6 +163,7 @@ class Instance:
                 self._phase("stopped", "stopped during warm-up")
                 return 0
             admin.set_check(wsgi_check(app, cfg.check_path))
+            # 5. only now the listener, then READY=1; serve until a drain ends
             listener = self._acquire(inherited)
             return self._serve(app, listener)
         except BaseException:
