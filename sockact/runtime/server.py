@@ -7,11 +7,19 @@ so that every step of the drain happens in the loop thread:
 1. stop accepting and close our listener (with SO_REUSEPORT and tcp_migrate_req=1 the
    kernel moves its queued connections to the other instances; an inherited socket stays
    open in systemd and in the other instances);
-2. every response from then on carries ``Connection: close`` and its channel closes once
+2. requests a connection has already sent (pipelined ones too) are answered; the last
+   response of each connection carries ``Connection: close`` and its channel closes once
    flushed, so keep-alive clients reconnect to another instance;
 3. idle keep-alive connections get ``idle_grace`` seconds to send a request that is
    already on its way, then are closed (unless bytes are waiting on them);
-4. return when no connection is left, or cut what remains at ``drain_timeout``.
+4. return when no connection is left, or cut what remains at ``drain_timeout``
+   (connections closed with work left on them are counted).
+
+It also changes what waitress does while serving: ``connection_limit`` counts client
+connections only; ``accept()`` out of descriptors rests instead of spinning; a request
+with both Content-Length and Transfer-Encoding closes its connection after the response;
+a listener that breaks (closed, no longer listening) starts the drain and is reported,
+instead of waitress closing its own wake-up trigger. TCP and unix listeners alike.
 """
 
 from __future__ import annotations
