@@ -54,6 +54,9 @@ _NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: how long accept() rests after such an error before trying again (a connection that
 #: closes ends the rest at once)
 ACCEPT_PAUSE = 0.25
+#: failures closer together than this belong to one episode (one log line): while
+#: clients come and go at the limit, accept() alternates between working and failing
+EPISODE_GAP = 2.0
 
 
 @dataclass(frozen=True)
@@ -171,8 +174,8 @@ class _DrainingServer(BaseWSGIServer):  # type: ignore[misc]
     listener_error: str | None = None
     #: accept() rests until then (monotonic) after running out of descriptors
     accept_paused_until = 0.0
-    #: in an episode of accept() failing for want of descriptors (logged once)
-    out_of_descriptors = False
+    #: when accept() last failed for want of descriptors (monotonic; 0: never)
+    out_of_descriptors_at = 0.0
     # waitress's own attributes, typed here for mypy
     next_channel_cleanup: float = 0
     in_connection_overflow: bool = False
@@ -203,7 +206,8 @@ class _DrainingServer(BaseWSGIServer):  # type: ignore[misc]
 
         With every descriptor taken, the listener stays readable and accept() fails at
         once: waitress logged a traceback and tried again, burning a core. Here accept()
-        rests ACCEPT_PAUSE (or until a connection closes), with one log line per episode.
+        rests ACCEPT_PAUSE (or until a connection closes), with one log line per episode
+        (failures less than EPISODE_GAP apart).
         """
         try:
             conn, addr = self.socket.accept()
@@ -213,9 +217,11 @@ class _DrainingServer(BaseWSGIServer):  # type: ignore[misc]
             if exc.errno not in _NO_DESCRIPTOR:
                 self.listener_failed(f"accept() failed: {exc.strerror} (errno {exc.errno})")
                 return
-            self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
-            if not self.out_of_descriptors:
-                self.out_of_descriptors = True
+            now = time.monotonic()
+            self.accept_paused_until = now + ACCEPT_PAUSE
+            new_episode = now - self.out_of_descriptors_at > EPISODE_GAP
+            self.out_of_descriptors_at = now
+            if new_episode:
                 self.metrics.out_of_descriptors()
                 log.warning(
                     "accept paused: %s (%d client connections open); retrying every %g s "
@@ -225,9 +231,6 @@ class _DrainingServer(BaseWSGIServer):  # type: ignore[misc]
                     ACCEPT_PAUSE,
                 )
             return
-        if self.out_of_descriptors:
-            self.out_of_descriptors = False
-            log.debug("accept resumed: descriptors free again")
         try:
             self.set_socket_options(conn)
         except OSError:  # the client already went away

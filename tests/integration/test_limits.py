@@ -99,6 +99,7 @@ def test_out_of_descriptors_pauses_accept_without_spinning(
     # the watchdog kept pinging while no descriptor was free (systemd would kill otherwise)
     pings = [m.t for m in ns.snapshot() if m.fields.get("WATCHDOG") == "1"]
     assert len([t for t in pings if began <= t <= ended]) >= 2, (began, ended, pings)
+    time.sleep(2.5)  # a quiet gap (EPISODE_GAP = 2 s) so that the next flood is a new episode
     _episode(sp, 2)  # one line per episode, not one per failed accept()
     assert "Traceback" not in sp.stderr(), sp.output()
     assert sp.proc.poll() is None, sp.output()
