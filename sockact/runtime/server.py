@@ -348,6 +348,7 @@ class WaitressServer:
         metrics.open_connections = lambda: len(self._server.active_channels)
         self._wakeup = _SignalWakeup(self._map)
         self._drain_requested = threading.Event()
+        self._closed = False
         self.address = f"{self._server.effective_host}:{self._server.effective_port}"
 
     def start_accepting(self) -> None:
@@ -356,11 +357,17 @@ class WaitressServer:
     def request_drain(self) -> None:
         """Ask the loop to drain. Safe from a signal handler or any thread."""
         self._drain_requested.set()
-        self._server.pull_trigger()
+        self.wake()
 
     def wake(self) -> None:
-        """Make the loop run its tick now. Safe from a signal handler or any thread."""
-        self._server.pull_trigger()
+        """Make the loop run its tick now. Safe from a signal handler or any thread.
+
+        Does nothing once :meth:`close` began: the trigger's descriptor may be closed and
+        its number reused by another file.
+        """
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self._server.pull_trigger()
 
     @property
     def open_connections(self) -> int:
@@ -441,6 +448,7 @@ class WaitressServer:
 
     def close(self) -> None:
         """Stop the worker threads and release the trigger (after :meth:`run`)."""
+        self._closed = True
         self._dispatcher.shutdown(cancel_pending=True, timeout=1)
         # What is left in the map: the trigger, and channels only if run() did not finish.
         for obj in list(self._map.values()):
