@@ -214,8 +214,9 @@ def test_handover_of_a_backlogged_instance(
     assert per_instance.get("1", 0) > 0 and per_instance.get("2", 0) > 0, per_instance
     failures = {kind: n for kind, n in report["failures"].items() if n}
     if migrate_req == 0:
-        # several new-connection clients wait in A's queue after a 1 s freeze
-        assert failures.get("reset", 0) >= 2, (failures, report["error_samples"])
+        # the new-connection clients wait in A's queue after a 1 s freeze (3-6 were reset
+        # in 20 runs here); any reset proves the point
+        assert failures.get("reset", 0) >= 1, (failures, report["error_samples"])
         assert set(failures) == {"reset"}, (failures, report["error_samples"])
     else:
         assert failures == {}, (failures, report["error_samples"])
