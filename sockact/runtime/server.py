@@ -233,10 +233,9 @@ class _DrainingServer(BaseWSGIServer):  # type: ignore[misc]
             return
         try:
             self.set_socket_options(conn)
-        except OSError:  # the client already went away
+            self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+        except OSError:  # the client already went away: not a listener problem
             conn.close()
-            return
-        self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
 
     def accept_connections(self) -> None:
         self.accepting = True
