@@ -438,7 +438,7 @@ def window(report: Report) -> dict[str, Any]:
 
 
 class Load:
-    """The same probe as DESIGN.md's anchors: 16 clients, a new :class:`Probe` per window."""
+    """The probe of the anchors in docs/design.md: 16 clients, a new :class:`Probe` per window."""
 
     def __init__(self, port: int) -> None:
         self.target = Target(HOST, port, "/")

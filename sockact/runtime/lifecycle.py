@@ -1,6 +1,6 @@
 """One instance's life: starting -> warming -> listening -> ready -> draining -> stopped.
 
-This is the order that makes a handover lossless (DESIGN.md): the admin server answers
+This is the order that makes a handover lossless (docs/design.md): the admin server answers
 first, the app warms up while the old instance keeps all the traffic, the listener opens
 only when the app is warm, and READY=1 follows, so ``systemctl start api@2`` returns
 exactly when api@2 serves.
