@@ -1,4 +1,4 @@
-"""Command line: ``sockact serve | check-config | print-config | units | probe | layout``.
+"""Command line: ``sockact serve | check-config | print-config | units | probe | canary | layout``.
 
 Only this module ends the process: every other module raises
 :class:`sockact.errors.SockactError`, which is mapped here to its exit code.
@@ -17,7 +17,7 @@ from sockact.errors import EXIT_INTERNAL, SockactError
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
     from sockact import layout
-    from sockact.controller import probe, units
+    from sockact.controller import canary, probe, units
     from sockact.runtime import commands
 
     parser = argparse.ArgumentParser(
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
             "then READY=1; drain on stop."
         ),
         epilog="Exit codes: 0 ok, 1 internal error, 2 bad input, 3 app failed, "
-        "4 address problem, 6 probe saw a failed request (or none), 130 forced stop. "
+        "4 address problem, 6 probe saw a failed request (or none), 7 canary failed, "
+        "130 forced stop. "
         "See README.md.",
     )
     parser.add_argument("--version", action="version", version=f"sockact {__version__}")
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_subcommands(sub)
     units.add_subcommand(sub)
     probe.add_subcommand(sub)
+    canary.add_subcommand(sub)
     layout.add_subcommand(sub)
     return parser
 

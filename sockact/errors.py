@@ -11,6 +11,7 @@ EXIT_BAD_INPUT = 2
 EXIT_APP_FAILED = 3
 EXIT_ADDRESS = 4
 EXIT_PROBE_FAILED = 6  # sockact probe: a request failed, or none was made
+EXIT_CANARY_FAILED = 7  # sockact canary: the new color is worse, or too few requests to tell
 EXIT_FORCED = 130
 
 
@@ -42,6 +43,12 @@ class AddressError(SockactError):
     """A port cannot be had: taken, not shareable, or not inherited (exit 4)."""
 
     exit_code = EXIT_ADDRESS
+
+
+class CanaryFailed(SockactError):
+    """The canary could not read an instance's metrics: fails closed (exit 7)."""
+
+    exit_code = EXIT_CANARY_FAILED
 
 
 class ForcedExit(SockactError):
