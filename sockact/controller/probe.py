@@ -120,7 +120,7 @@ _PER_SECOND: Final = 10  # buckets per second
 LATE_AFTER_MS: Final = 10.0
 #: open loop: workers (each a request in flight) per connection kind, at most
 DEFAULT_MAX_IN_FLIGHT: Final = 256
-_INITIAL_WORKERS: Final = 2
+_INITIAL_WORKERS: Final = 8  # started up front, so that a short blip does not spawn threads
 _MAX_ERROR_SAMPLES: Final = 20
 SCHEDULES: Final = ("fixed", "poisson")
 
