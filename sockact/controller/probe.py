@@ -63,7 +63,6 @@ import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
@@ -78,6 +77,21 @@ from sockact.controller.httpwire import (
     read_response,
     sample_of,
 )
+from sockact.controller.loadreport import (
+    BUCKET_S,
+    FAILURE_KINDS,
+    LATE_AFTER_MS,
+    MAX_ERROR_SAMPLES,
+    PER_SECOND,
+    SCHEMA,
+    Bucket,
+    BucketCounts,
+    Report,
+    Second,
+    Stats,
+    by_version,
+    percentile,
+)
 from sockact.errors import EXIT_PROBE_FAILED, BadInput
 
 __all__ = [
@@ -85,6 +99,7 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "FAILURE_KINDS",
     "LATE_AFTER_MS",
+    "SCHEMA",
     "Bucket",
     "Probe",
     "Report",
@@ -95,352 +110,11 @@ __all__ = [
     "measure_capacity",
 ]
 
-#: every failure kind, in report order
-FAILURE_KINDS: Final[tuple[str, ...]] = (
-    "refused",
-    "reset",
-    "empty_reply",
-    "truncated",
-    "timeout",
-    "http_5xx",
-    "http_other",
-    "bad_response",
-    "overload",
-    "internal",
-    "other",
-)
-
-#: the version of the JSON report's layout (``Report.to_dict``)
-SCHEMA: Final = "sockact-probe/2"
 DEFAULT_MAX_DURATION: Final = 600.0
-#: width of a :class:`Bucket`, seconds
-BUCKET_S: Final = 0.1
-_PER_SECOND: Final = 10  # buckets per second
-#: an open-loop request sent this long after its due time counts as ``late``
-LATE_AFTER_MS: Final = 10.0
 #: open loop: workers (each a request in flight) per connection kind, at most
 DEFAULT_MAX_IN_FLIGHT: Final = 256
 _INITIAL_WORKERS: Final = 8  # started up front, so that a short blip does not spawn threads
-_MAX_ERROR_SAMPLES: Final = 20
 SCHEDULES: Final = ("fixed", "poisson")
-
-
-# -- what a run reports -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Second:
-    """One second of the run (``t`` seconds after start): for plots."""
-
-    t: int
-    ok: int
-    failed: int
-    max_ms: float
-    p99_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """The requests due (open loop) or started (closed loop) in ``[t, t + 0.1 s)``."""
-
-    i: int  # index: the bucket starts i * BUCKET_S seconds after the start
-    ok: int
-    failures: Mapping[str, int]  # kinds with a count > 0 only
-    targets: tuple[int, ...]  # requests per target, in the order of Report.targets
-    answered: tuple[tuple[str | None, str | None, int], ...]  # (instance, version, ok count)
-    late: int
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-
-    @property
-    def t(self) -> float:
-        return round(self.i * BUCKET_S, 3)
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failures.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "t": self.t,
-            "ok": self.ok,
-            "failed": self.failed,
-            "failures": dict(self.failures),
-            "late": self.late,
-            "targets": list(self.targets),
-            "answered": [[inst, ver, n] for inst, ver, n in self.answered],
-            "p50_ms": round(self.p50_ms, 3),
-            "p99_ms": round(self.p99_ms, 3),
-            "max_ms": round(self.max_ms, 3),
-        }
-
-
-@dataclass(frozen=True)
-class Report:
-    """What the probe saw. ``failures`` always has every kind of FAILURE_KINDS."""
-
-    ok: int
-    failures: Mapping[str, int]
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    duration_s: float
-    rps: float
-    #: (instance, version) -> count, for ok responses whose body is a JSON object with
-    #: an "instance" or "version" key (a missing key is None)
-    samples: Counter[SampleKey]
-    series: tuple[Second, ...]
-    #: texts of the first "other" errors (and a few details of the rest)
-    error_samples: tuple[str, ...]
-    #: TCP connections opened
-    connections: int
-    #: idle keep-alive connections found closed cleanly before a request (not failures)
-    server_closes: int
-    targets: tuple[str, ...] = ()
-    keepalive_clients: int = 0
-    new_conn_clients: int = 0
-    #: "closed" (clients as fast as they can) or "open" (requests due at ``rate`` per s)
-    mode: str = "closed"
-    rate: float | None = None
-    schedule: str | None = None
-    #: wall clock (Unix time) of t = 0: align other events with the buckets
-    started_at: float = 0.0
-    buckets: tuple[Bucket, ...] = ()
-    #: open loop: requests sent LATE_AFTER_MS or more after their due time
-    late: int = 0
-    lag_p99_ms: float = 0.0
-    lag_max_ms: float = 0.0
-    #: open loop: requests that found every worker of their kind busy at the bound
-    pool_waits: int = 0
-    #: open loop: workers started per kind {"keepalive": n, "new": n}
-    workers: Mapping[str, int] = field(default_factory=dict)
-    max_in_flight: int = 0
-    #: (from, to) seconds after start, when this report covers only that window
-    window: tuple[float, float] | None = None
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failures.values())
-
-    @property
-    def total(self) -> int:
-        return self.ok + self.failed
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON report; see ``sockact probe --help`` and README.md for the schema."""
-        return {
-            "schema": SCHEMA,
-            "mode": self.mode,
-            "started_at": round(self.started_at, 3),
-            "targets": list(self.targets),
-            "keepalive_clients": self.keepalive_clients,
-            "new_conn_clients": self.new_conn_clients,
-            "rate": self.rate,
-            "schedule": self.schedule,
-            "max_in_flight": self.max_in_flight,
-            "window": None if self.window is None else list(self.window),
-            "duration_s": round(self.duration_s, 3),
-            "total": self.total,
-            "ok": self.ok,
-            "failed": self.failed,
-            "failures": dict(self.failures),
-            "rps": round(self.rps, 1),
-            "latency_ms": {
-                "p50": round(self.p50_ms, 3),
-                "p90": round(self.p90_ms, 3),
-                "p99": round(self.p99_ms, 3),
-                "max": round(self.max_ms, 3),
-            },
-            "late": self.late,
-            "send_lag_ms": {"p99": round(self.lag_p99_ms, 3), "max": round(self.lag_max_ms, 3)},
-            "pool_waits": self.pool_waits,
-            "workers": dict(self.workers),
-            "connections": self.connections,
-            "server_closes": self.server_closes,
-            "samples": [
-                {"instance": inst, "version": ver, "count": n}
-                for (inst, ver), n in self.samples.most_common()
-            ],
-            "series": [
-                {
-                    "t": s.t,
-                    "ok": s.ok,
-                    "failed": s.failed,
-                    "p99_ms": round(s.p99_ms, 3),
-                    "max_ms": round(s.max_ms, 3),
-                }
-                for s in self.series
-            ],
-            "bucket_s": BUCKET_S,
-            "buckets": [b.to_dict() for b in self.buckets],
-            "error_samples": list(self.error_samples),
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def format_table(self) -> str:
-        if self.mode == "open":
-            load = (
-                f"load       open loop, {self.rate:,.1f} req/s ({self.schedule}), "
-                f"keep-alive : new-connection = {self.keepalive_clients} : "
-                f"{self.new_conn_clients}, {self.duration_s:.1f} s"
-            )
-        else:
-            load = (
-                f"clients    {self.keepalive_clients} keep-alive + "
-                f"{self.new_conn_clients} new-connection, {self.duration_s:.1f} s"
-            )
-        lines = [
-            f"targets    {' '.join(self.targets)}",
-            load,
-            f"requests   {self.total:>10,}  ({self.rps:,.0f}/s)",
-            f"ok         {self.ok:>10,}",
-            f"FAILED     {self.failed:>10,}" if self.failed else f"failed     {self.failed:>10,}",
-        ]
-        lines += [f"  {kind:<12} {self.failures.get(kind, 0):>8,}" for kind in FAILURE_KINDS]
-        lines.append(
-            f"latency ms p50 {self.p50_ms:.2f}  p90 {self.p90_ms:.2f}  "
-            f"p99 {self.p99_ms:.2f}  max {self.max_ms:.2f}"
-            + ("  (from each request's due time)" if self.mode == "open" else "")
-        )
-        if self.mode == "open":
-            lines.append(
-                f"sending    {self.late:,} late (>= {LATE_AFTER_MS:g} ms after due), lag p99 "
-                f"{self.lag_p99_ms:.2f} ms max {self.lag_max_ms:.2f} ms; "
-                f"{self.pool_waits:,} waited for a worker; workers "
-                + ", ".join(f"{k} {v}" for k, v in self.workers.items())
-                + f" (bound {self.max_in_flight} per kind)"
-            )
-        lines.append(
-            f"connections {self.connections:,} opened, {self.server_closes:,} idle ones "
-            "closed cleanly by the server"
-        )
-        if self.samples:
-            lines.append("served by (instance, version):")
-            lines += [
-                f"  {inst!s:<20} {ver!s:<12} {n:>8,}"
-                for (inst, ver), n in self.samples.most_common()
-            ]
-        if self.error_samples:
-            lines.append("error samples:")
-            lines += [f"  {e}" for e in self.error_samples]
-        return "\n".join(lines)
-
-
-# -- counting ---------------------------------------------------------------------------
-
-
-class _Bucket:
-    __slots__ = ("answered", "failures", "lat", "late", "ok", "targets")
-
-    def __init__(self, ntargets: int) -> None:
-        self.ok = 0
-        self.late = 0
-        self.failures: Counter[str] = Counter()
-        self.targets = [0] * ntargets
-        self.answered: Counter[SampleKey] = Counter()
-        self.lat = array("d")
-
-    def merge(self, other: _Bucket) -> None:
-        self.ok += other.ok
-        self.late += other.late
-        self.failures.update(other.failures)
-        for i, n in enumerate(other.targets):
-            self.targets[i] += n
-        self.answered.update(other.answered)
-        self.lat.extend(other.lat)
-
-
-class _Stats:
-    """One client's (or worker's) counters; written by its thread, read by snapshots."""
-
-    def __init__(self, ntargets: int) -> None:
-        self.ntargets = ntargets
-        self.lock = threading.Lock()
-        self.buckets: dict[int, _Bucket] = {}
-        self.errors: list[str] = []
-        self.error_kinds: Counter[str] = Counter()
-        self.connections = 0
-        self.server_closes = 0
-        self.lags = array("f")  # open loop: send lag of every request, ms
-        # since the last progress(): taken and reset by it
-        self.recent_lat = array("d")
-        self.recent_ok = 0
-        self.recent_failures: Counter[str] = Counter()
-        self.recent_answered: Counter[SampleKey] = Counter()
-        # whole run, for cheap progress lines
-        self.ok = 0
-        self.failures: Counter[str] = Counter()
-        self.answered: Counter[SampleKey] = Counter()
-        self.late = 0
-
-    def record(
-        self,
-        due: float,
-        target: int,
-        kind: str | None,
-        ms: float,
-        sample: SampleKey | None,
-        detail: str = "",
-        lag_ms: float | None = None,
-    ) -> None:
-        """One request: ``kind`` None is a success taking ``ms`` (due is seconds after t0)."""
-        # + 1 us: a due time computed as t0 + k / rate must land in its own bucket
-        i = max(0, int(due * _PER_SECOND + 1e-5))
-        with self.lock:
-            b = self.buckets.get(i)
-            if b is None:
-                b = self.buckets[i] = _Bucket(self.ntargets)
-            b.targets[target] += 1
-            if lag_ms is not None:
-                self.lags.append(lag_ms)
-                if lag_ms >= LATE_AFTER_MS:
-                    b.late += 1
-                    self.late += 1
-            if kind is None:
-                b.ok += 1
-                b.lat.append(ms)
-                self.ok += 1
-                self.recent_ok += 1
-                self.recent_lat.append(ms)
-                if sample is not None:
-                    b.answered[sample] += 1
-                    self.answered[sample] += 1
-                    self.recent_answered[sample] += 1
-                return
-            b.failures[kind] += 1
-            self.failures[kind] += 1
-            self.recent_failures[kind] += 1
-            self.error_kinds[kind] += 1
-            if len(self.errors) < _MAX_ERROR_SAMPLES and (
-                kind in ("other", "internal") or self.error_kinds[kind] <= 2
-            ):
-                self.errors.append(f"{kind}: {detail}")
-
-    def take_recent(self) -> tuple[array[float], int, Counter[str], Counter[SampleKey]]:
-        with self.lock:
-            out = (self.recent_lat, self.recent_ok, self.recent_failures, self.recent_answered)
-            self.recent_lat = array("d")
-            self.recent_ok = 0
-            self.recent_failures = Counter()
-            self.recent_answered = Counter()
-        return out
-
-
-def _percentile(sorted_ms: Sequence[float], q: float) -> float:
-    if not sorted_ms:
-        return 0.0
-    return sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)]
-
-
-def _by_version(answered: Mapping[SampleKey, int]) -> dict[str, int]:
-    out: Counter[str] = Counter()
-    for (_inst, ver), n in answered.items():
-        out[str(ver)] += n
-    return dict(out.most_common())
 
 
 # -- the probe --------------------------------------------------------------------------
@@ -545,7 +219,7 @@ class Probe:
         self._lock = threading.Lock()
         self._started = 0
         self._threads: list[threading.Thread] = []
-        self._stats: list[_Stats] = []
+        self._stats: list[Stats] = []
         self._t0 = 0.0
         self._wall0 = 0.0
         self._hard_end = 0.0
@@ -595,7 +269,7 @@ class Probe:
         clients += [(False, i) for i in range(self.new_conn_clients)]
         self._alive = len(clients)
         for n, (keepalive, i) in enumerate(clients):
-            stats = _Stats(len(self.targets))
+            stats = Stats(len(self.targets))
             self._stats.append(stats)
             kind = "ka" if keepalive else "new"
             t = threading.Thread(
@@ -686,14 +360,14 @@ class Probe:
         duration is ``b - a``. Connections, server closes, send lags and error samples
         are always the whole run's.
         """
-        merged: dict[int, _Bucket] = {}
+        merged: dict[int, BucketCounts] = {}
         errors: list[str] = []
         lags = array("f")
         connections = server_closes = 0
         lo = hi = None
         if window is not None:
-            lo = round(window[0] * _PER_SECOND)
-            hi = round(window[1] * _PER_SECOND)
+            lo = round(window[0] * PER_SECOND)
+            hi = round(window[1] * PER_SECOND)
         for s in list(self._stats):
             with s.lock:
                 for i, b in s.buckets.items():
@@ -701,7 +375,7 @@ class Probe:
                         continue
                     m = merged.get(i)
                     if m is None:
-                        m = merged[i] = _Bucket(len(self.targets))
+                        m = merged[i] = BucketCounts(len(self.targets))
                     m.merge(b)
                 errors.extend(s.errors)
                 lags.extend(s.lags)
@@ -712,7 +386,7 @@ class Probe:
         failures: Counter[str] = Counter()
         samples: Counter[SampleKey] = Counter()
         all_lat = array("d")
-        seconds: dict[int, list[_Bucket]] = {}
+        seconds: dict[int, list[BucketCounts]] = {}
         buckets: list[Bucket] = []
         for i in sorted(merged):
             b = merged[i]
@@ -721,7 +395,7 @@ class Probe:
             failures.update(b.failures)
             samples.update(b.answered)
             all_lat.extend(b.lat)
-            seconds.setdefault(i // _PER_SECOND, []).append(b)
+            seconds.setdefault(i // PER_SECOND, []).append(b)
             lat = sorted(b.lat)
             buckets.append(
                 Bucket(
@@ -734,8 +408,8 @@ class Probe:
                         for (inst, ver), n in sorted(b.answered.items(), key=lambda kv: str(kv[0]))
                     ),
                     late=b.late,
-                    p50_ms=_percentile(lat, 0.50),
-                    p99_ms=_percentile(lat, 0.99),
+                    p50_ms=percentile(lat, 0.50),
+                    p99_ms=percentile(lat, 0.99),
                     max_ms=lat[-1] if lat else 0.0,
                 )
             )
@@ -748,7 +422,7 @@ class Probe:
                     sum(b.ok for b in bs),
                     sum(sum(b.failures.values()) for b in bs),
                     lat[-1] if lat else 0.0,
-                    _percentile(lat, 0.99),
+                    percentile(lat, 0.99),
                 )
             )
         if window is not None:
@@ -765,15 +439,15 @@ class Probe:
         return Report(
             ok=ok,
             failures={k: failures.get(k, 0) for k in FAILURE_KINDS},
-            p50_ms=_percentile(ordered, 0.50),
-            p90_ms=_percentile(ordered, 0.90),
-            p99_ms=_percentile(ordered, 0.99),
+            p50_ms=percentile(ordered, 0.50),
+            p90_ms=percentile(ordered, 0.90),
+            p99_ms=percentile(ordered, 0.99),
             max_ms=ordered[-1] if ordered else 0.0,
             duration_s=duration,
             rps=total / duration if duration > 0 else 0.0,
             samples=samples,
             series=tuple(series),
-            error_samples=tuple(errors[:_MAX_ERROR_SAMPLES]),
+            error_samples=tuple(errors[:MAX_ERROR_SAMPLES]),
             connections=connections,
             server_closes=server_closes,
             targets=tuple(t.url for t in self.targets),
@@ -785,7 +459,7 @@ class Probe:
             started_at=self._wall0,
             buckets=tuple(buckets),
             late=late,
-            lag_p99_ms=_percentile(lags_sorted, 0.99),
+            lag_p99_ms=percentile(lags_sorted, 0.99),
             lag_max_ms=lags_sorted[-1] if lags_sorted else 0.0,
             pool_waits=self._pool_waits,
             workers={
@@ -842,7 +516,7 @@ class Probe:
             "failures": {k: failures[k] for k in FAILURE_KINDS if failures[k]},
             "late": late,
             "in_flight": in_flight,
-            "versions": _by_version(answered),
+            "versions": by_version(answered),
             "window": {
                 "s": round(span, 3),
                 "requests": w_total,
@@ -850,9 +524,9 @@ class Probe:
                 "failed": w_total - w_ok,
                 "failures": {k: w_fail[k] for k in FAILURE_KINDS if w_fail[k]},
                 "rps": round(w_total / span, 1),
-                "p99_ms": round(_percentile(lat_sorted, 0.99), 3),
+                "p99_ms": round(percentile(lat_sorted, 0.99), 3),
                 "max_ms": round(lat_sorted[-1], 3) if lat_sorted else 0.0,
-                "versions": _by_version(w_ans),
+                "versions": by_version(w_ans),
             },
         }
 
@@ -875,7 +549,7 @@ class Probe:
     # -- one request --------------------------------------------------------------
 
     def _exchange(
-        self, stats: _Stats, conns: dict[int, Conn], ti: int, keepalive: bool, deadline: float
+        self, stats: Stats, conns: dict[int, Conn], ti: int, keepalive: bool, deadline: float
     ) -> tuple[str | None, str, SampleKey | None]:
         """Send one request on a kept or new connection: (failure kind or None, detail, sample)."""
         conn = conns.pop(ti, None)  # put back only if it may be reused
@@ -918,7 +592,7 @@ class Probe:
 
     def _one(
         self,
-        stats: _Stats,
+        stats: Stats,
         conns: dict[int, Conn],
         ti: int,
         keepalive: bool,
@@ -956,7 +630,7 @@ class Probe:
             self._started += 1
             return True
 
-    def _client(self, stats: _Stats, ti: int, keepalive: bool) -> None:
+    def _client(self, stats: Stats, ti: int, keepalive: bool) -> None:
         conns: dict[int, Conn] = {}
         try:
             while self._claim():
@@ -976,7 +650,7 @@ class Probe:
     def _spawn(self, keepalive: bool) -> _Worker:
         """A new worker (call with _pool_lock held)."""
         w = _Worker(keepalive)
-        stats = _Stats(len(self.targets))
+        stats = Stats(len(self.targets))
         self._stats.append(stats)
         pool = self._pools[keepalive]
         pool.workers.append(w)
@@ -1039,7 +713,7 @@ class Probe:
                 if self._end is None:
                     self._end = end if end is not None else min(time.monotonic(), self._hard_end)
 
-    def _worker(self, w: _Worker, stats: _Stats) -> None:
+    def _worker(self, w: _Worker, stats: Stats) -> None:
         conns: dict[int, Conn] = {}
         pool = self._pools[w.keepalive]
         try:
