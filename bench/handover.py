@@ -1,8 +1,9 @@
 """Handover and throughput benchmark: sockact against gunicorn, in a network namespace.
 
-    sudo .venv/bin/python bench/handover.py            # full run, < 5 minutes
-    sudo .venv/bin/python bench/handover.py --quick    # smoke run, about a minute
-    sudo .venv/bin/python bench/handover.py --json     # the results JSON on stdout
+    sudo .venv/bin/python bench/handover.py                 # full run: open loop, 10 rounds
+    sudo .venv/bin/python bench/handover.py --quick         # smoke run, about 2-3 minutes
+    sudo .venv/bin/python bench/handover.py --load closed   # closed loop, as runs 1-4
+    sudo .venv/bin/python bench/handover.py --json          # the results JSON on stdout
 
 Prints tables, is not a test: nothing here asserts. See bench/README.md for what each
 figure means. Everything runs in a fresh network namespace ``sockact-bench-<random>``
@@ -1386,10 +1387,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, short windows")
     p.add_argument("--json", action="store_true", help="print the results JSON, not tables")
-    p.add_argument("--rounds", type=int, help="handover runs per scenario (default 2)")
-    p.add_argument("--steady", type=float, help="steady-state window, s (default 5)")
+    p.add_argument(
+        "--rounds", type=int, help="handover runs per scenario (default: open 10, closed 2)"
+    )
+    p.add_argument(
+        "--steady",
+        type=float,
+        help="steady phase before the handover, s (default: open 12, closed 5)",
+    )
     p.add_argument("--tail", type=float, help="window after the handover, s (default 2)")
-    p.add_argument("--wrk-runs", type=int, help="wrk runs per server (default 3)")
+    p.add_argument("--wrk-runs", type=int, help="wrk runs per server (default: open 5, closed 3)")
     p.add_argument("--wrk-duration", type=float, help="seconds per wrk run (default 10)")
     p.add_argument(
         "--only",
@@ -1425,8 +1432,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.load == "open":
-        quick = {"rounds": 1, "steady": 6.0, "tail": 1.0, "wrk_runs": 1, "wrk_duration": 3.0}
-        full = {"rounds": 10, "steady": 10.0, "tail": 2.0, "wrk_runs": 5, "wrk_duration": 10.0}
+        quick = {"rounds": 1, "steady": 8.0, "tail": 1.0, "wrk_runs": 1, "wrk_duration": 3.0}
+        full = {"rounds": 10, "steady": 12.0, "tail": 2.0, "wrk_runs": 5, "wrk_duration": 10.0}
     else:
         quick = {"rounds": 1, "steady": 2.0, "tail": 1.0, "wrk_runs": 1, "wrk_duration": 3.0}
         full = {"rounds": 2, "steady": 5.0, "tail": 2.0, "wrk_runs": 3, "wrk_duration": 10.0}

@@ -489,27 +489,27 @@ def test_open_loop_keeps_its_rate(make_server: MakeServer) -> None:
     arrivals = Arrivals()
     srv = make_server(serve_logged(arrivals))
     with Probe(
-        [srv.target], keepalive_clients=1, new_conn_clients=1, rate=200, max_duration=3.0
+        [srv.target], keepalive_clients=1, new_conn_clients=1, rate=200, max_duration=2.0
     ) as p:
         t0 = time.monotonic() - p.elapsed()
         assert p.wait(10)
     r = p.report
     assert r is not None
-    assert (r.total, r.ok) == (600, 600), r.format_table()
-    assert r.duration_s == pytest.approx(3.0) and r.rps == pytest.approx(200)
+    assert (r.total, r.ok) == (400, 400), r.format_table()
+    assert r.duration_s == pytest.approx(2.0) and r.rps == pytest.approx(200)
     assert r.mode == "open" and r.rate == 200 and r.schedule == "fixed"
     # what the server saw, second by second (generous: a loaded 2-core machine)
-    for sec in range(3):
+    for sec in range(2):
         n = arrivals.between(t0 + sec, t0 + sec + 1)
         assert 160 <= n <= 240, (sec, n)
-    assert len(r.buckets) == 30 and all(b.ok == 20 for b in r.buckets)
+    assert len(r.buckets) == 20 and all(b.ok == 20 for b in r.buckets)
 
 
 def test_open_loop_poisson_is_seeded(make_server: MakeServer) -> None:
     srv = make_server(serve_ok())
     totals = []
     for _ in range(2):
-        r = finish([srv.target], rate=300, schedule="poisson", seed=7, max_duration=1.0)
+        r = finish([srv.target], rate=600, schedule="poisson", seed=7, max_duration=0.5)
         assert r.failed == 0, r.format_table()
         totals.append(r.total)
     assert totals[0] == totals[1]

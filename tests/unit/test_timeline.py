@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -57,7 +58,7 @@ def recorded(make_server: MakeServer, tmp_path: Path) -> tuple[Path, Path, dict[
     v2 = make_server(serve_ok(response(body=b'{"instance": 2, "version": "v2"}')))
     bad = make_server(serve_ok(response("503 Service Unavailable", b"no")))
     servers: list[Server] = [v1, v2, bad]
-    with Probe([s.target for s in servers], rate=300, max_duration=1.0) as p:
+    with Probe([s.target for s in servers], rate=300, max_duration=0.6) as p:
         assert p.wait(10)
     assert p.report is not None
     doc = p.report.to_dict()
@@ -138,3 +139,14 @@ def test_missing_matplotlib_is_one_clear_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "matplotlib is not installed" in err[0]
     assert not (tmp_path / "never.png").exists()
+
+
+def test_the_command_line_does_not_import_matplotlib() -> None:
+    """The runtime wheel must not need the plot extra: building every subcommand (what
+    ``sockact serve`` does first) leaves matplotlib unimported."""
+    code = (
+        "import sys; from sockact.cli import build_parser; build_parser(); "
+        "import sockact.runtime.commands, sockact.controller.timeline; "
+        "sys.exit(1 if 'matplotlib' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
