@@ -274,7 +274,7 @@ class BucketCounts:
 class Stats:
     """One client's (or worker's) counters; written by its thread, read by snapshots."""
 
-    def __init__(self, ntargets: int) -> None:
+    def __init__(self, ntargets: int, track_recent: bool = False) -> None:
         self.ntargets = ntargets
         self.lock = threading.Lock()
         self.buckets: dict[int, BucketCounts] = {}
@@ -283,7 +283,9 @@ class Stats:
         self.connections = 0
         self.server_closes = 0
         self.lags = array("f")  # open loop: send lag of every request, ms
-        # since the last progress(): taken and reset by it
+        # since the last progress(): taken and reset by it; kept only once progress is in
+        # use, or an hour-long run would hold every latency twice
+        self.track_recent = track_recent
         self.recent_lat = array("d")
         self.recent_ok = 0
         self.recent_failures: Counter[str] = Counter()
@@ -322,7 +324,8 @@ class Stats:
                 b.lat.append(ms)
                 self.ok += 1
                 self.recent_ok += 1
-                self.recent_lat.append(ms)
+                if self.track_recent:
+                    self.recent_lat.append(ms)
                 if sample is not None:
                     b.answered[sample] += 1
                     self.answered[sample] += 1

@@ -235,6 +235,8 @@ class Probe:
         self._pool_waits = 0
         self._scheduler: threading.Thread | None = None
         self._last_progress = 0.0
+        #: keep the latencies since the last progress() (for its window figures)
+        self._track_recent = on_progress is not None
 
     @property
     def mode(self) -> str:
@@ -269,7 +271,7 @@ class Probe:
         clients += [(False, i) for i in range(self.new_conn_clients)]
         self._alive = len(clients)
         for n, (keepalive, i) in enumerate(clients):
-            stats = Stats(len(self.targets))
+            stats = Stats(len(self.targets), self._track_recent)
             self._stats.append(stats)
             kind = "ka" if keepalive else "new"
             t = threading.Thread(
@@ -479,12 +481,17 @@ class Probe:
         since start), ``requests``, ``ok``, ``failed``, ``failures`` (kinds > 0),
         ``late``, ``in_flight`` (open loop), ``versions`` ({version: ok responses}), and
         ``window``: ``{"s", "requests", "ok", "failed", "failures", "rps", "p99_ms",
-        "max_ms", "versions"}`` for the responses that ended since the previous call.
+        "max_ms", "versions"}`` for the responses that ended since the previous call
+        (without ``on_progress``, the first call's window has counts but no latencies).
         """
         now = time.monotonic()
         with self._lock:
             since = self._last_progress
             self._last_progress = now
+        if not self._track_recent:  # the first call: window latencies from now on
+            self._track_recent = True
+            for s in list(self._stats):
+                s.track_recent = True
         ok = late = 0
         failures: Counter[str] = Counter()
         answered: Counter[SampleKey] = Counter()
@@ -650,7 +657,7 @@ class Probe:
     def _spawn(self, keepalive: bool) -> _Worker:
         """A new worker (call with _pool_lock held)."""
         w = _Worker(keepalive)
-        stats = Stats(len(self.targets))
+        stats = Stats(len(self.targets), self._track_recent)
         self._stats.append(stats)
         pool = self._pools[keepalive]
         pool.workers.append(w)

@@ -679,3 +679,17 @@ def test_cli_measure_capacity(make_server: MakeServer, capsys: pytest.CaptureFix
 def test_cli_bad_flags(extra: list[str]) -> None:
     with pytest.raises(BadInput):
         _cli(["probe", "http://127.0.0.1:1/", "--duration", "0.1", *extra])
+
+
+def test_without_progress_no_latency_is_kept_twice(make_server: MakeServer) -> None:
+    """The window figures of progress() need the latencies since the last call: they are
+    kept only once progress is in use (an hour-long run would hold them all twice)."""
+    srv = make_server(serve_ok())
+    p = Probe([srv.target], rate=200, max_duration=0.6).start()
+    time.sleep(0.3)
+    assert not any(len(s.recent_lat) for s in p._stats)
+    assert p.progress()["requests"] > 0  # counts; latencies from now on
+    assert p.wait(5)
+    second = p.progress()
+    assert second["window"]["requests"] > 0 and second["window"]["p99_ms"] > 0
+    assert p.stop().total == 120
