@@ -132,12 +132,17 @@ def _matplotlib() -> tuple[Any, Any]:
 
 def render_timeline(
     report: Mapping[str, Any],
-    events: Sequence[Event] = (),
+    events: Sequence[Event | tuple[float, str, str]] = (),
     out: Path | str = "timeline.png",
     title: str | None = None,
 ) -> Path:
-    """Draw ``report`` (a probe JSON report) and ``events`` into the PNG ``out``."""
+    """Draw ``report`` (a probe JSON report) and ``events`` into the PNG ``out``.
+
+    ``events``: :class:`Event` or ``(t, host, label)``, ``t`` in seconds after the probe
+    started (``Probe.elapsed()`` at the time, or Unix time - ``report["started_at"]``).
+    """
     figure_cls, canvas_cls = _matplotlib()
+    evs = [e if isinstance(e, Event) else Event(float(e[0]), e[1], e[2]) for e in events]
     out = Path(out)
     buckets: list[Mapping[str, Any]] = list(report.get("buckets") or [])
     width_s = float(report.get("bucket_s") or 0.1)
@@ -163,11 +168,11 @@ def render_timeline(
                 per_kind[kind] = [0] * len(buckets)
             per_kind[kind][n] += int(count)
     hosts: list[str] = []
-    for e in events:
+    for e in evs:
         if e.host not in hosts:
             hosts.append(e.host)
     labels: list[str] = []
-    for e in events:
+    for e in evs:
         if e.label not in labels:
             labels.append(e.label)
 
@@ -235,7 +240,7 @@ def render_timeline(
 
     # 3. events per host
     for i, label in enumerate(labels):
-        mine = [e for e in events if e.label == label]
+        mine = [e for e in evs if e.label == label]
         ax_ev.scatter(
             [e.t for e in mine],
             [hosts.index(e.host) for e in mine],
@@ -244,7 +249,7 @@ def render_timeline(
             label=label,
             zorder=3,
         )
-    for e in events:
+    for e in evs:
         for ax in (ax_req, ax_lat):
             ax.axvline(e.t, color="#888888", alpha=0.35, linewidth=0.8)
     ax_ev.set_yticks(range(lanes), hosts or [""])
@@ -254,8 +259,8 @@ def render_timeline(
         ax_ev.legend(loc="upper left", fontsize=8, ncol=min(4, len(labels)), framealpha=0.85)
     ax_ev.set_xlabel("seconds since the probe started")
     ax_ev.grid(axis="x", alpha=0.3)
-    end = max([*(t + width_s for t in ts), *(e.t for e in events), 0.0]) or 1.0
-    start = min([0.0, *(e.t for e in events)])
+    end = max([*(t + width_s for t in ts), *(e.t for e in evs), 0.0]) or 1.0
+    start = min([0.0, *(e.t for e in evs)])
     ax_ev.set_xlim(start, end + 0.02 * (end - start))
 
     fig.suptitle(title or _title(report), fontsize=10)

@@ -113,6 +113,8 @@ def test_closed_loop_report_and_no_events(make_server: MakeServer, tmp_path: Pat
     assert p.report is not None
     out = render_timeline(p.report.to_dict(), [], tmp_path / "closed.png")
     png_size(out.read_bytes())
+    out = render_timeline(p.report.to_dict(), [(0.1, "h1", "READY")], tmp_path / "tuples.png")
+    png_size(out.read_bytes())
 
 
 def test_bad_report_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
