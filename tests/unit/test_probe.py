@@ -481,7 +481,7 @@ def test_open_loop_stall_shows_in_the_latency_of_every_request_due_during_it(
     assert first.ok == 10 and first.p50_ms >= 850, first
     # the window of the stall holds exactly the requests due in it
     w = p.snapshot(window=(1.0, 2.0))
-    assert w.total == 100 and w.duration_s == 1.0 and w.max_ms == r.max_ms
+    assert w.total == 100 and w.duration_s == 1.0 and w.max_ms >= 990
     assert sum(b.targets[0] for b in r.buckets) == r.total
 
 
