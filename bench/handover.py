@@ -1026,7 +1026,9 @@ def throughput_table(tp: dict[str, Any]) -> str:
                 tp["setup"][name],
                 str(len(s["runs"])),
                 f"{s['median_rps']:.0f} ({rps})",
-                f"{s.get('median_cpu_us_per_request', 0.0):.0f}",
+                f"{s['median_cpu_us_per_request']:.0f}"
+                if s.get("median_cpu_us_per_request")
+                else "-",
                 f"{s['median_latency_avg_ms']:.2f}",
                 f"{s['median_latency_p99_ms']:.2f}",
                 str(s["errors"]),
