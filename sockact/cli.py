@@ -1,4 +1,5 @@
-"""Command line: ``sockact serve | check-config | print-config | units | probe | canary | layout``.
+"""Command line: ``sockact serve | check-config | print-config | units | probe | timeline |
+canary | layout``.
 
 Only this module ends the process: every other module raises
 :class:`sockact.errors.SockactError`, which is mapped here to its exit code.
@@ -17,7 +18,7 @@ from sockact.errors import EXIT_INTERNAL, SockactError
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
     from sockact import layout
-    from sockact.controller import canary, probe, units
+    from sockact.controller import canary, probe, timeline, units
     from sockact.runtime import commands
 
     parser = argparse.ArgumentParser(
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     units.add_subcommand(sub)
     probe.add_subcommand(sub)
     canary.add_subcommand(sub)
+    timeline.add_subcommand(sub)
     layout.add_subcommand(sub)
     return parser
 

@@ -33,6 +33,12 @@ class BadInput(SockactError):
     exit_code = EXIT_BAD_INPUT
 
 
+class MissingExtra(SockactError):
+    """An optional extra is not installed, e.g. matplotlib for ``sockact[plot]`` (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class AppFailed(SockactError):
     """The app factory or its warm-up failed or timed out (exit 3)."""
 
