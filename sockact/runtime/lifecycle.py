@@ -1,6 +1,6 @@
 """One instance's life: starting -> warming -> ready -> draining -> stopped.
 
-This is the order that makes a handover lossless (docs/architecture.md): the admin server
+This is the order that makes a handover lossless (docs/design.md): the admin server
 answers first, the app warms up while the old instance keeps all the traffic, the health
 gate proves the release answers (in-process, before any client can reach it), the
 listener opens only then, and READY=1 follows, so ``systemctl start api@2`` returns

@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent
 PORT = 8080
 BLUE = [1, 2]
 GREEN = [101, 102]
-#: 6 keep-alive + 6 new-connection clients, as in DESIGN.md's measurements
+#: 6 keep-alive + 6 new-connection clients, as in the measurements of docs/design.md
 KEEPALIVE = 6
 NEW_CONN = 6
 #: seconds each client waits between its requests: continuous load that leaves CPU for the

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from sockact_lab.lab import Host, Lab
-from tests.lab_fixtures import lab_skip_reason
+from tests.lab_fixtures import cannot_run, lab_skip_reason
 from tests.system import hostsetup as hs
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.slow]
@@ -81,7 +81,7 @@ def deploy_by_hand(host: Host, wheelhouse: Path, listen: str) -> None:
 def setup() -> Iterator[Setup]:
     reason = lab_skip_reason()
     if reason:
-        pytest.skip(reason)
+        cannot_run(reason)
     work = Path(tempfile.mkdtemp(prefix="sockact-infra-selftest-", dir="/var/tmp"))
     lab = Lab(work / "lab")
     try:

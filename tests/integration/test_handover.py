@@ -267,7 +267,7 @@ def test_kernel_resets_queue_of_closed_reuseport_listener_unless_migrate_req(
 ) -> None:
     """Why the sysctl matters: 50 queued connections, two SO_REUSEPORT listeners, close one.
 
-    Measured on this kind of machine: 25 reset with 0, none with 1.
+    docs/design.md: 25 were reset with 0 and none with 1.
     """
     netns.set_migrate_req(migrate_req)
     res = netns.run(PYTHON, "-c", _KERNEL_SCRIPT)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sockact_lab.lab import Host, Lab
-from tests.lab_fixtures import LAB_HOSTS, lab_skip_reason
+from tests.lab_fixtures import LAB_HOSTS, cannot_run, lab_skip_reason
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.slow]
 
@@ -130,7 +130,7 @@ def _alive(pid: int) -> bool:
 def test_down_leaves_no_mount_netns_veth_or_process() -> None:
     reason = lab_skip_reason()
     if reason:
-        pytest.skip(reason)
+        cannot_run(reason)
     directory = Path(tempfile.mkdtemp(prefix="sockact-lab-pytest-down-", dir="/var/tmp"))
     lab = Lab(directory)
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -188,21 +189,10 @@ class Host:
         self, *cmd: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` inside the host as root with a clean environment (via nsenter)."""
-        proc = subprocess.run(
-            self.nsenter_args(*cmd),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "HOME": "/root"},
-            stdin=subprocess.DEVNULL,
-            check=False,
+        env = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
+        return run_command(
+            self.nsenter_args(*cmd), check=check, timeout=timeout, env=env, where=f"in {self.name}"
         )
-        if check and proc.returncode != 0:
-            raise LabError(
-                f"lab: {shlex.join(cmd)} in {self.name} exited {proc.returncode}: "
-                f"{_last_line(proc.stderr or proc.stdout)}"
-            )
-        return proc
 
     def ssh_args(self, *cmd: str) -> list[str]:
         """``ssh`` command line reaching this host as root with the lab key; ``cmd`` is
@@ -214,20 +204,9 @@ class Host:
         self, *cmd: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` on the host over ssh (as Ansible would)."""
-        proc = subprocess.run(
-            self.ssh_args(*cmd),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
+        return run_command(
+            self.ssh_args(*cmd), check=check, timeout=timeout, where=f"over ssh to {self.name}"
         )
-        if check and proc.returncode != 0:
-            raise LabError(
-                f"lab: ssh {self.address} {shlex.join(cmd)} exited {proc.returncode}: "
-                f"{_last_line(proc.stderr or proc.stdout)}"
-            )
-        return proc
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -274,20 +253,37 @@ def _last_line(text: str) -> str:
 # --------------------------------------------------------------------------- system helpers
 
 
-def _sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_command(
+    argv: list[str],
+    *,
+    check: bool = True,
+    timeout: float = 30,
+    env: dict[str, str] | None = None,
+    where: str = "",
+) -> subprocess.CompletedProcess[str]:
+    """The lab's one way to run a command: captured text output, no stdin, a timeout, and
+    with ``check`` a :class:`LabError` naming the command, ``where`` it ran and its last
+    line of output."""
     proc = subprocess.run(
-        list(cmd),
+        argv,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
         stdin=subprocess.DEVNULL,
         check=False,
     )
     if check and proc.returncode != 0:
+        place = f" {where}" if where else ""
         raise LabError(
-            f"lab: {shlex.join(cmd)} exited {proc.returncode}: {_last_line(proc.stderr)}"
+            f"lab: {shlex.join(argv)}{place} exited {proc.returncode}: "
+            f"{_last_line(proc.stderr or proc.stdout)}"
         )
     return proc
+
+
+def _sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return run_command(list(cmd), check=check, timeout=timeout)
 
 
 def _list_netns() -> list[str]:
@@ -466,6 +462,21 @@ def _tail(path: Path, lines: int = 8) -> str:
         return "(no log)"
     kept = [line for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(kept) if kept else "(empty log)"
+
+
+def _kill_until_gone(
+    list_pids: Callable[[], list[int]], where: str, host: str, say: Progress
+) -> None:
+    """SIGKILL every process ``list_pids`` returns until it returns none (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while pids := list_pids():
+        if time.monotonic() > deadline:
+            raise LabError(f"lab: processes {pids} in {where} do not die")
+        say(f"{host}: killing {len(pids)} leftover process(es) in {where}")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
 
 
 @contextlib.contextmanager
@@ -860,16 +871,8 @@ class Lab:
             asked = False
             if init is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    asked = (
-                        subprocess.run(
-                            ["nsenter", "-t", str(init), "-a", "systemctl", "poweroff"],
-                            capture_output=True,
-                            timeout=10,
-                            check=False,
-                            stdin=subprocess.DEVNULL,
-                        ).returncode
-                        == 0
-                    )
+                    poweroff = ["nsenter", "-t", str(init), "-a", "systemctl", "poweroff"]
+                    asked = run_command(poweroff, check=False, timeout=10).returncode == 0
             # systemctl fails early in boot (no bus yet): then go on to SIGTERM soon
             if self._wait_exit(h.nspawn_pid, STOP_TIMEOUT if asked else 1.0):
                 say(f"{h.name}: powered off in {time.monotonic() - started:.1f}s")
@@ -902,15 +905,7 @@ class Lab:
     def _kill_cgroup_processes(self, h: Host, say: Progress) -> None:
         """SIGKILL what is left in the host's cgroups, then remove them."""
         for cg in host_cgroups(h.name):
-            deadline = time.monotonic() + 10
-            while pids := _cgroup_pids(cg):
-                if time.monotonic() > deadline:
-                    raise LabError(f"lab: processes {pids} in cgroup {cg} do not die")
-                say(f"{h.name}: killing {len(pids)} leftover process(es) in {cg}")
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.3)
+            _kill_until_gone(functools.partial(_cgroup_pids, cg), f"cgroup {cg}", h.name, say)
             _remove_cgroup(cg)
             with contextlib.suppress(OSError):  # still used by another lab: fine
                 cg.parent.rmdir()
@@ -918,15 +913,7 @@ class Lab:
     def _kill_netns_processes(self, h: Host, say: Progress) -> None:
         """SIGKILL what still runs in the host's netns, e.g. a container init orphaned
         by a killed nspawn (killing a PID namespace's init ends the whole namespace)."""
-        deadline = time.monotonic() + 10
-        while pids := _pids_in_netns(h.netns_inode):
-            if time.monotonic() > deadline:
-                raise LabError(f"lab: processes {pids} in {h.netns} do not die")
-            say(f"{h.name}: killing {len(pids)} leftover process(es) in {h.netns}")
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.3)
+        _kill_until_gone(lambda: _pids_in_netns(h.netns_inode), h.netns, h.name, say)
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         proc = self._procs.get(pid)
