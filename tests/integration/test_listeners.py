@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from sockact import errors
 from tests.integration.support import (
     PYTHON,
     ROOT,
@@ -41,7 +42,7 @@ def _inherit(sock: socket.socket) -> list[str]:
 # -- a listener that breaks while serving ------------------------------------------------
 
 
-def test_listener_error_leaves_ready_drains_and_exits_7(serve: ServeFactory) -> None:
+def test_listener_error_leaves_ready_drains_and_exits_8(serve: ServeFactory) -> None:
     shared = socket.create_server(("127.0.0.1", 0))  # we keep a handle on the same socket
     port = shared.getsockname()[1]
     sp = serve.start(
@@ -68,7 +69,7 @@ def test_listener_error_leaves_ready_drains_and_exits_7(serve: ServeFactory) -> 
     status, headers, body = conn.read_response()  # what it had is still answered
     assert status == 200 and json_of(body.decode())["slept_ms"] == 1500
     assert headers.get("connection", "").lower() == "close", headers
-    assert sp.wait_exit(10) == 7, sp.output()
+    assert sp.wait_exit(10) == errors.EXIT_LISTENER_FAILED == 8, sp.output()
     (line,) = sp.log_lines("sockact: error:")
     assert "listener" in line, line
     assert "Traceback" not in sp.stderr(), sp.output()
@@ -96,7 +97,7 @@ def test_sigterm_after_a_listener_error_ends_without_traceback(serve: ServeFacto
     sp.wait_phase("failed", timeout=5)
     sp.signal(signal.SIGTERM)  # systemd stops it while it drains what it had
     assert conn.read_response()[0] == 200
-    assert sp.wait_exit(10) == 7, sp.output()
+    assert sp.wait_exit(10) == errors.EXIT_LISTENER_FAILED == 8, sp.output()
     assert "Traceback" not in sp.stderr(), sp.output()
     shared.close()
 

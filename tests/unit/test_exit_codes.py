@@ -36,6 +36,7 @@ def test_exit_codes_are_distinct() -> None:
         errors.EXIT_APP_FAILED,
         errors.EXIT_ADDRESS,
         errors.EXIT_PROBE_FAILED,
+        errors.EXIT_CANARY_FAILED,
         errors.EXIT_LISTENER_FAILED,
         errors.EXIT_FORCED,
     ]
