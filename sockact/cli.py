@@ -27,10 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Zero-downtime WSGI instances under systemd: warm up, then listen, "
             "then READY=1; drain on stop."
         ),
-        epilog="Exit codes: 0 ok, 1 internal error, 2 bad input, 3 app failed, "
-        "4 address problem, 6 probe saw a failed request (or none), 7 canary failed, "
-        "130 forced stop. "
-        "See README.md.",
+        epilog="Exit codes: 0 ok, 1 internal error, 2 bad input, 3 app failed (factory, "
+        "warm-up, health gate), 4 address problem, 6 probe saw a failed request (or none), "
+        "7 canary failed, 8 the main listener failed while serving (systemd restarts it), "
+        "130 forced stop (a second stop signal). See README.md.",
     )
     parser.add_argument("--version", action="version", version=f"sockact {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

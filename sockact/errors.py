@@ -12,6 +12,9 @@ EXIT_APP_FAILED = 3
 EXIT_ADDRESS = 4
 EXIT_PROBE_FAILED = 6  # sockact probe: a request failed, or none was made
 EXIT_CANARY_FAILED = 7  # sockact canary: the new color is worse, or too few requests to tell
+#: The main listener failed while serving. Not in the unit's RestartPreventExitStatus=
+#: (2 3 4): a fresh start gets a fresh socket, so systemd restarts the instance.
+EXIT_LISTENER_FAILED = 8
 EXIT_FORCED = 130
 
 
@@ -55,6 +58,12 @@ class CanaryFailed(SockactError):
     """The canary could not read an instance's metrics: fails closed (exit 7)."""
 
     exit_code = EXIT_CANARY_FAILED
+
+
+class ListenerFailed(SockactError):
+    """The main listener broke while serving; what was open has been drained (exit 8)."""
+
+    exit_code = EXIT_LISTENER_FAILED
 
 
 class ForcedExit(SockactError):

@@ -105,6 +105,44 @@ def _parse_host(raw: Any) -> str:
     return value
 
 
+_STATUS_ITEM = re.compile(r"([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?")
+
+
+def status_ranges(spec: str) -> list[tuple[int, int]]:
+    """``"200-399,404"`` -> ``[(200, 399), (404, 404)]``; raises ValueError when malformed.
+
+    >>> status_ranges("200-299, 404")
+    [(200, 299), (404, 404)]
+    """
+    ranges = []
+    for item in spec.split(","):
+        match = _STATUS_ITEM.fullmatch(item.strip())
+        if not match:
+            raise ValueError(f"{item.strip()!r} is not a status (100-599) or a range like 200-399")
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if low > high:
+            raise ValueError(f"{item.strip()!r}: the range is reversed")
+        ranges.append((low, high))
+    return ranges
+
+
+def accepts_status(spec: str, status: int) -> bool:
+    """Whether ``status`` is in the set ``spec`` (a valid ``check_status``)."""
+    return any(low <= status <= high for low, high in status_ranges(spec))
+
+
+def _parse_statuses(raw: Any) -> str:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    value = _parse_str(raw)
+    try:
+        ranges = status_ranges(value)
+    except ValueError as exc:
+        raise _Invalid(f"{exc} (use codes and ranges like '200-399,404')") from None
+    return ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def parse(raw: Any) -> str:
         value = _parse_str(raw).lower()
@@ -137,6 +175,7 @@ class Config:
     require_migrate_req: bool = False
     log_level: str = "info"
     check_path: str = "/"
+    check_status: str = "100-499"
     #: key -> where its value came from ("default", "file api.toml", "env SOCKACT_PORT", ...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -165,7 +204,13 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "log_level": (_choice(LOG_LEVELS), "debug | info | warning | error (default info)"),
     "check_path": (
         _parse_path,
-        "path the admin /check endpoint requests from the app in-process (default /)",
+        "path the health gate (before listening) and the admin /check endpoint request "
+        "from the app in-process (default /)",
+    ),
+    "check_status": (
+        _parse_statuses,
+        "statuses the health gate accepts from check_path, codes and ranges like "
+        "200-399,404 (default 100-499: anything below 500)",
     ),
 }
 
@@ -175,7 +220,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "admin_port": (1, 65535),
     "threads": (1, 1024),
     "backlog": (1, 65535),
-    "connection_limit": (2, 1_000_000),
+    "connection_limit": (1, 1_000_000),
     "drain_timeout": (0.1, 86400),
     "idle_grace": (0, 3600),
     "warmup_timeout": (0.1, 86400),

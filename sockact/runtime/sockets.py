@@ -43,7 +43,25 @@ def find_inherited(name: str) -> socket.socket | None:
         sock.close()
     if chosen.type != socket.SOCK_STREAM:
         raise AddressError(f"inherited socket {name!r} is not a stream socket")
+    if chosen.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        raise AddressError(f"inherited socket {name!r} is neither TCP nor a unix socket")
+    if not chosen.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise AddressError(
+            f"inherited socket {name!r} ({describe(chosen)}) is bound but not listening: "
+            "systemd's socket units listen; check what passed it (LISTEN_FDS)"
+        )
     return chosen
+
+
+def describe(sock: socket.socket) -> str:
+    """``127.0.0.1:8080``, ``[::1]:8080`` or ``unix:/run/api.sock``, for logs."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        if isinstance(name, bytes):  # abstract namespace
+            name = "@" + name[1:].decode(errors="replace")
+        return f"unix:{name or '(unnamed)'}"
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
 
 
 def migrate_req() -> int | None:
@@ -75,6 +93,10 @@ def bind_reuseport(host: str, port: int, backlog: int | None) -> socket.socket:
         # for up to 60 s. A live listener without SO_REUSEPORT is still refused.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if sock.family == socket.AF_INET6:
+            # "::" takes IPv4 clients too (dual-stack) whatever net.ipv6.bindv6only says;
+            # a specific IPv6 address is IPv6 only anyway.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind((host, port))
         if backlog is not None:
             sock.listen(backlog)

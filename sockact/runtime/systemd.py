@@ -14,23 +14,45 @@ import logging
 import os
 import socket
 import sys
+import threading
 
 from systemd import daemon
+
+from sockact.errors import AddressError
+
+_notify_lock = threading.Lock()
+_notify_sock: socket.socket | None = None
 
 
 def notify(*lines: str) -> bool:
     """Send ``lines`` (e.g. ``"READY=1"``, ``"STATUS=serving"``) to systemd in one datagram.
 
     Returns False when there is no NOTIFY_SOCKET (not under systemd) or sending failed.
+    Sent from one socket kept open for the process's life, where sd_notify() opens one
+    per call: when every file descriptor is taken (an app holding files, a flood of
+    clients), WATCHDOG=1 must still go out, or systemd kills an instance that only waits
+    for descriptors to free up.
     """
-    if not os.environ.get("NOTIFY_SOCKET"):
+    global _notify_sock
+    target = os.environ.get("NOTIFY_SOCKET", "")
+    if not target:
         return False
-    try:
-        return bool(daemon.notify("\n".join(lines)))
-    except OSError:
-        # systemd-python raises where sd_notify() returns an error: a lost notification
-        # must not crash the server (e.g. in the middle of a drain).
-        return False
+    data = "\n".join(lines).encode()
+    if target[0] not in "/@":  # e.g. vsock: leave it to libsystemd
+        try:
+            return bool(daemon.notify(data.decode()))
+        except OSError:
+            return False
+    address = "\0" + target[1:] if target[0] == "@" else target
+    with _notify_lock:
+        try:
+            if _notify_sock is None:
+                _notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            _notify_sock.sendto(data, address)
+        except OSError:
+            # A lost notification must not crash the server (e.g. in the middle of a drain).
+            return False
+    return True
 
 
 def watchdog_interval() -> float | None:
@@ -62,7 +84,14 @@ def inherited_sockets() -> dict[str, socket.socket]:
         os.environ.pop(name, None)
     found: dict[str, socket.socket] = {}
     for fd, name in pairs.items():
-        sock = socket.socket(fileno=fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            for taken in found.values():
+                taken.close()
+            raise AddressError(
+                f"LISTEN_FDS: fd {fd} ({name or 'unnamed'}) is not a socket: {exc.strerror}"
+            ) from exc
         sock.setblocking(False)
         found[name or "unknown"] = sock
     return found

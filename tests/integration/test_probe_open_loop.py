@@ -13,7 +13,7 @@ import signal
 import time
 
 from sockact.controller.probe import Probe, Target
-from tests.integration.conftest import ServeFactory
+from tests.integration.support import ServeFactory
 
 RATE = 100
 SECONDS = 4.0

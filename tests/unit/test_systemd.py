@@ -86,3 +86,34 @@ def test_unit_name_from_cgroup(tmp_path: Path) -> None:
     none.write_text("0::/user.slice/session-1.scope\n")
     assert systemd.unit_name(str(none)) is None
     assert systemd.unit_name(str(tmp_path / "missing")) is None
+
+
+def test_notify_works_when_no_descriptor_is_free(notify_socket: socket.socket) -> None:
+    """WATCHDOG=1 must go out while an instance waits for descriptors (sd_notify would
+    open a socket per call, and fail with EMFILE)."""
+    import resource
+
+    assert systemd.notify("STATUS=before")  # the first call opens the socket it keeps
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    try:
+        with pytest.raises(OSError, match="Too many open files"):
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        assert systemd.notify("WATCHDOG=1")
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [notify_socket.recv(4096) for _ in range(2)] == [b"STATUS=before", b"WATCHDOG=1"]
+
+
+def test_notify_to_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"sockact-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert systemd.notify("READY=1")
+        assert sock.recv(4096) == b"READY=1"
