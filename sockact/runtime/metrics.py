@@ -6,7 +6,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-PHASES = ("starting", "warming", "listening", "ready", "draining", "stopped", "failed")
+from sockact.runtime.phase import Phase
+
 #: why the drain closed a connection that still had work on it
 CUT_REASONS = ("drain_timeout", "unread_request")
 
@@ -21,7 +22,7 @@ class Metrics:
         self._in_flight = 0
         self._cut: Counter[str] = Counter()
         self._out_of_descriptors = 0
-        self.phase = "starting"
+        self.phase = Phase.STARTING
         #: set by the server adapter once it runs; returns the number of open connections
         self.open_connections: Callable[[], int] = lambda: 0
 
@@ -92,7 +93,7 @@ class Metrics:
             "# HELP sockact_phase Current lifecycle phase (1 for the current one).",
             "# TYPE sockact_phase gauge",
         ]
-        for phase in PHASES:
+        for phase in Phase:
             value = 1 if phase == self.phase else 0
             out.append(f'sockact_phase{{{label},phase="{phase}"}} {value}')
         return "\n".join(out) + "\n"

@@ -32,9 +32,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.types import WSGIApplication
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
@@ -46,8 +47,6 @@ from waitress.task import ThreadedTaskDispatcher, WSGITask
 from sockact.runtime.metrics import Metrics
 
 log = logging.getLogger("sockact.runtime.server")
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 #: accept() errors that mean "no descriptor (or memory) for a new connection right now"
 _NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -310,7 +309,7 @@ class WaitressServer:
 
     def __init__(
         self,
-        app: WSGIApp,
+        app: WSGIApplication,
         listener: socket.socket,
         *,
         inherited: bool,
