@@ -8,7 +8,8 @@ Every endpoint answers ``GET``; the JSON ones carry ``phase``, ``instance`` and 
 - ``/check``: one in-process request (``check_path``) to *this* instance's app: 200 with
   the app's status and the start of its body when it answered 200-399, 502 when not
   (or when it raised), 503 before ready;
-- ``/metrics``: the Prometheus text of :mod:`sockact.runtime.metrics`;
+- ``/metrics``: :mod:`sockact.runtime.metrics` in Prometheus' text format, or in
+  OpenMetrics when the ``Accept`` header asks for it;
 - anything else: 404 with the list of paths.
 
 Bounded, so that clients of the admin port cannot starve the instance: one thread
@@ -98,7 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/check":
             self._check()
         elif path == "/metrics":
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render().encode())
+            body, content_type = metrics.exposition(self.headers.get("Accept"))
+            self._send(200, content_type, body)
         else:
             self._json(404, {"error": "not found", "paths": list(PATHS)})
 

@@ -27,7 +27,7 @@ from sockact.errors import AddressError, AppFailed, BadInput, ForcedExit, Listen
 from sockact.runtime import config, sockets, systemd
 from sockact.runtime.admin import AdminServer, wsgi_check
 from sockact.runtime.config import Config
-from sockact.runtime.metrics import Metrics
+from sockact.runtime.metrics import Metrics, build_labels
 from sockact.runtime.phase import Phase
 from sockact.runtime.server import DrainResult, WaitressServer
 
@@ -159,7 +159,9 @@ class Instance:
             # 3. warm-up, then 4. the health gate, both within warmup_timeout
             deadline = time.monotonic() + cfg.warmup_timeout
             try:
+                self.metrics.warmup.start()
                 app = self._health_gate(self._warm_up(deadline), deadline)
+                self.metrics.warmup.stop()
             except _StopRequested as stopped:
                 log.info("%s during the %s: stopping", self._stop_signal, stopped.stage)
                 self._phase(Phase.STOPPED, "stopped during warm-up")
@@ -242,6 +244,8 @@ class Instance:
         began = time.monotonic()
 
         def work() -> object:
+            # first, so that a scrape during a long warm-up says what is warming
+            self.metrics.set_build_info(build_labels(cfg.app))
             app = _import(cfg.app, "app factory")()
             if cfg.warmup:
                 _import(cfg.warmup, "warm-up")(app)
@@ -362,6 +366,7 @@ class Instance:
     def _report(self, result: DrainResult) -> None:
         """Count and log how the drain went."""
         cfg = self.cfg
+        self.metrics.drain.stop()
         self.metrics.connections_cut("drain_timeout", result.cut)
         self.metrics.connections_cut("unread_request", result.cut_unread)
         if result.cut_unread:
@@ -386,6 +391,7 @@ class Instance:
             self._phase(phase, f"drained in {result.seconds:.2f} s, {cut}")
 
     def _on_drain(self, open_connections: int, listener_error: str | None) -> None:
+        self.metrics.drain.start()
         if listener_error is not None:
             # Out of ready at once: the listener refuses connections; finish what is open.
             self.metrics.phase = Phase.FAILED

@@ -30,7 +30,8 @@ def _json(start_response: StartResponse, status: str, body: dict[str, Any]) -> l
 
 
 def create_app() -> WSGIApplication:
-    """``GET /`` (instance and pid), ``GET /slow?ms=N``, ``POST /echo`` (the body back)."""
+    """``GET /`` (instance and pid), ``GET /slow?ms=N``, ``POST /echo`` (the body back),
+    ``GET /raise`` (raises before answering: waitress answers 500); 404 otherwise."""
     instance = int(os.environ.get("SOCKACT_INSTANCE", "0") or 0)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -47,6 +48,8 @@ def create_app() -> WSGIApplication:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length)
             return _json(start_response, "200 OK", {**who, "echo": body.decode("latin-1")})
+        if path == "/raise":
+            raise RuntimeError("this route raises")
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     return app
