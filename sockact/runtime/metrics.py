@@ -75,13 +75,15 @@ class Stopwatch:
         return (self._clock() if stopped is None else stopped) - started
 
 
-def build_labels(app: str, release: str = "") -> dict[str, str]:
+def build_labels(app: str, release_digest: str = "") -> dict[str, str]:
     """The labels of ``sockact_build_info`` for the app factory ``app`` (``module:attr``).
 
     ``app_distribution`` and ``app_version`` are those of the installed distribution that
     provides the factory's top-level module (empty when none does, e.g. a module on
-    PYTHONPATH). ``release`` is the release digest when the runtime knows it (empty
-    otherwise); a caller that learns more passes it here.
+    PYTHONPATH). ``release_digest`` identifies the release when the runtime knows it
+    (empty otherwise); a caller that learns more passes it here. Not ``release``: the
+    scrape targets carry a ``release`` label (docs/metrics.md), and Prometheus would
+    rename ours to ``exported_release``.
     """
     top = app.partition(":")[0].split(".", 1)[0]
     distribution = version = ""
@@ -97,7 +99,7 @@ def build_labels(app: str, release: str = "") -> dict[str, str]:
         "app": app,
         "app_distribution": distribution,
         "app_version": version,
-        "release": release,
+        "release_digest": release_digest,
     }
 
 
@@ -283,6 +285,6 @@ class _Collector(Collector):
         yield InfoMetricFamily(
             "sockact_build",
             "sockact's version, the app factory, the distribution that provides it and its "
-            "version, and the release when known.",
+            "version, and the release digest when known.",
             value=m._build,
         )

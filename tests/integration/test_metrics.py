@@ -145,7 +145,7 @@ def test_phase_connections_warmup_and_build_info(served: Served) -> None:
         "app": f"{TEST_APPS}:create_app",
         "app_distribution": "",
         "app_version": "",
-        "release": "",
+        "release_digest": "",
     }
     assert metric(text, "sockact_build_info", **build) == 1, text
     for name in ("process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"):

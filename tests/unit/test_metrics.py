@@ -169,13 +169,13 @@ def test_warmup_and_drain_durations_are_exposed() -> None:
 
 
 def test_build_info_names_the_app_distribution_and_its_version() -> None:
-    labels = build_labels("sockact_demo.app:create_app", release="r1")
+    labels = build_labels("sockact_demo.app:create_app", release_digest="sha256:0f1e")
     assert labels == {
         "version": __version__,
         "app": "sockact_demo.app:create_app",
         "app_distribution": "sockact-demo",
         "app_version": importlib.metadata.version("sockact-demo"),
-        "release": "r1",
+        "release_digest": "sha256:0f1e",
     }
     metrics = Metrics(1)
     metrics.set_build_info(labels)
@@ -184,7 +184,8 @@ def test_build_info_names_the_app_distribution_and_its_version() -> None:
 
 def test_build_info_of_an_app_no_distribution_provides() -> None:
     labels = build_labels("tests.integration.apps:create_app")
-    assert (labels["app_distribution"], labels["app_version"], labels["release"]) == ("", "", "")
+    empty = ("", "", "")
+    assert (labels["app_distribution"], labels["app_version"], labels["release_digest"]) == empty
     assert labels["version"] == __version__
 
 
