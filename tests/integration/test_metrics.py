@@ -9,6 +9,7 @@ that raises, a request waitress cannot parse, a slow one), then each test reads 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from tests.integration.support import (
     ServeFactory,
     ServeProc,
     http_get,
+    in_flight,
     metric,
     poll,
     scrape,
@@ -168,3 +170,32 @@ def test_promtool_check_metrics(served: Served) -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), text
+
+
+def test_the_drain_is_timed_while_it_runs(serve: ServeFactory) -> None:
+    """During a drain (a request still in flight): phase draining, and a drain duration
+    that grows; the instance then exits 0 as always."""
+    sp = serve.start("--app", f"{TEST_APPS}:create_app", demo=False, warmup=None)
+    sp.wait_ready()
+    conn = RawConn(sp.port)
+    try:
+        conn.send_get("/slow?ms=3000")
+        poll("the request in flight", lambda: in_flight(sp), 5)
+        sp.signal(signal.SIGTERM)
+        sp.wait_phase("draining", timeout=3)
+        text = scrape(sp)
+        assert metric(text, "sockact_phase", phase="draining") == 1, text
+        assert metric(text, "sockact_phase", phase="ready") == 0, text
+        assert metric(text, "sockact_http_requests_in_flight") == 1, text
+        first = metric(text, "sockact_drain_duration_seconds")
+        assert first is not None and first > 0, text
+
+        def grown() -> bool:
+            later = metric(scrape(sp), "sockact_drain_duration_seconds")
+            return later is not None and later > first
+
+        poll("the drain duration growing", grown, 3)
+        assert conn.read_response()[0] == 200
+        assert sp.wait_exit(10) == 0, sp.output()
+    finally:
+        conn.close()
