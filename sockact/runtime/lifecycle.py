@@ -61,7 +61,7 @@ class _Fields(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.INSTANCE = str(self.metrics.instance)
-        record.PHASE = self.metrics.phase
+        record.PHASE = self.metrics.phase.value
         return True
 
 
