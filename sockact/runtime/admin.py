@@ -1,7 +1,16 @@
 """The admin server: ``/live``, ``/ready``, ``/check`` and ``/metrics`` on a port of its own.
 
-It starts before anything else so that an operator (or Ansible) can watch the warm-up:
-``/ready`` answers 503 with the phase until the instance serves, then 200.
+It starts before anything else so that an operator (or Ansible) can watch the warm-up.
+Every endpoint answers ``GET``; the JSON ones carry ``phase``, ``instance`` and ``pid``:
+
+- ``/live``: 200 ``{"live": true, ...}`` while the process runs;
+- ``/ready``: 200 ``{"ready": true, ...}`` while serving, 503 in every other phase;
+- ``/check``: one in-process request (``check_path``) to *this* instance's app: 200 with
+  the app's status and the start of its body when it answered 200-399, 502 when not
+  (or when it raised), 503 before ready;
+- ``/metrics``: :mod:`sockact.runtime.metrics` in Prometheus' text format, or in
+  OpenMetrics when the ``Accept`` header asks for it;
+- anything else: 404 with the list of paths.
 
 Bounded, so that clients of the admin port cannot starve the instance: one thread
 waits for requests on every connection at once (a selector) and hands only complete
@@ -30,15 +39,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from wsgiref.types import WSGIApplication
 from wsgiref.util import setup_testing_defaults
 
 from sockact.errors import AddressError
 from sockact.runtime.metrics import Metrics
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
+from sockact.runtime.phase import Phase
 
 log = logging.getLogger("sockact.runtime.admin")
 
+#: what the admin server answers (see the module docstring)
+PATHS = ("/live", "/ready", "/check", "/metrics")
 #: open admin connections at most (waiting for their request, queued or being answered)
 MAX_CONNECTIONS = 64
 #: threads that answer requests (a /check runs the app, so it may take a while)
@@ -81,18 +92,17 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/live":
             self._json(200, {"live": True, "phase": metrics.phase, **self._who()})
         elif path == "/ready":
-            ready = metrics.phase == "ready"
+            ready = metrics.phase == Phase.READY
             self._json(
                 200 if ready else 503, {"ready": ready, "phase": metrics.phase, **self._who()}
             )
         elif path == "/check":
             self._check()
         elif path == "/metrics":
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render().encode())
+            body, content_type = metrics.exposition(self.headers.get("Accept"))
+            self._send(200, content_type, body)
         else:
-            self._json(
-                404, {"error": "not found", "paths": ["/live", "/ready", "/check", "/metrics"]}
-            )
+            self._json(404, {"error": "not found", "paths": list(PATHS)})
 
     def _check(self) -> None:
         """One request to this instance's app, in-process: proves *this* instance answers.
@@ -101,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         whoever accepts first picks), so a deploy verifies each new instance here.
         """
         check = self.server.check
-        if check is None or self.server.metrics.phase != "ready":
+        if check is None or self.server.metrics.phase != Phase.READY:
             self._json(503, {"ok": False, "phase": self.server.metrics.phase, **self._who()})
             return
         result = check()
@@ -160,7 +170,7 @@ class CheckResult:
         return self.error or self.body[:limit].decode("utf-8", "replace")
 
 
-def wsgi_check(app: WSGIApp, path: str) -> Callable[[], CheckResult]:
+def wsgi_check(app: WSGIApplication, path: str) -> Callable[[], CheckResult]:
     """A callable that sends ``GET path`` to ``app`` in-process and says what it answered."""
 
     def check() -> CheckResult:

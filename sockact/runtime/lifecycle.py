@@ -21,13 +21,15 @@ import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar, cast
+from wsgiref.types import WSGIApplication
 
 from sockact.errors import AddressError, AppFailed, BadInput, ForcedExit, ListenerFailed
 from sockact.runtime import config, sockets, systemd
 from sockact.runtime.admin import AdminServer, wsgi_check
 from sockact.runtime.config import Config
-from sockact.runtime.metrics import Metrics
-from sockact.runtime.server import DrainResult, WaitressServer, WSGIApp
+from sockact.runtime.metrics import Metrics, build_labels
+from sockact.runtime.phase import Phase
+from sockact.runtime.server import DrainResult, WaitressServer
 
 log = logging.getLogger("sockact")
 
@@ -59,7 +61,7 @@ class _Fields(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.INSTANCE = str(self.metrics.instance)
-        record.PHASE = self.metrics.phase
+        record.PHASE = self.metrics.phase.value
         return True
 
 
@@ -134,7 +136,7 @@ class Instance:
 
     # -- phases -------------------------------------------------------------------------
 
-    def _phase(self, phase: str, status: str) -> None:
+    def _phase(self, phase: Phase, status: str) -> None:
         self.metrics.phase = phase
         systemd.notify(f"STATUS={status}")
         log.info(status)
@@ -151,23 +153,25 @@ class Instance:
             # 1. admin server first: /live and /ready answer during everything below
             admin.start()
             self._install_signals()
-            self._phase("starting", f"admin server on http://{admin.address}")
+            self._phase(Phase.STARTING, f"admin server on http://{admin.address}")
             # 2. pre-flight: fd limit, inherited socket or a shareable port (fails fast)
             inherited = self._preflight()
             # 3. warm-up, then 4. the health gate, both within warmup_timeout
             deadline = time.monotonic() + cfg.warmup_timeout
             try:
+                self.metrics.warmup.start()
                 app = self._health_gate(self._warm_up(deadline), deadline)
+                self.metrics.warmup.stop()
             except _StopRequested as stopped:
                 log.info("%s during the %s: stopping", self._stop_signal, stopped.stage)
-                self._phase("stopped", "stopped during warm-up")
+                self._phase(Phase.STOPPED, "stopped during warm-up")
                 return 0
             admin.set_check(wsgi_check(app, cfg.check_path))
             # 5. only now the listener, then READY=1; serve until a drain ends
             listener = self._acquire(inherited)
             return self._serve(app, listener)
         except BaseException:
-            self.metrics.phase = "failed"
+            self.metrics.phase = Phase.FAILED
             raise
         finally:
             admin.close()
@@ -181,7 +185,7 @@ class Instance:
             sock = sockets.find_inherited(cfg.socket_name)
             if sock is not None:
                 origin = f"inherited from systemd {sockets.describe(sock)}"
-                inherited = sockets.Listener(sock, True, origin)
+                inherited = sockets.Listener(sock=sock, inherited=True, origin=origin)
             elif cfg.listen == "inherit":
                 raise AddressError(
                     "listen = inherit but systemd passed no socket (LISTEN_FDS/LISTEN_PID "
@@ -189,7 +193,7 @@ class Instance:
                 )
         if inherited is None:
             self._check_migrate_req()
-            sockets.bind_reuseport(cfg.host, cfg.port, backlog=None).close()
+            sockets.check_shareable(cfg.host, cfg.port)
         return inherited
 
     def _file_limit(self) -> None:
@@ -235,11 +239,13 @@ class Instance:
     def _warm_up(self, deadline: float) -> object:
         """Import and call the factory, then the warm-up, before ``deadline``."""
         cfg = self.cfg
-        self._phase("warming", f"warming up {cfg.app}")
+        self._phase(Phase.WARMING, f"warming up {cfg.app}")
         os.environ["SOCKACT_INSTANCE"] = str(cfg.instance)
         began = time.monotonic()
 
         def work() -> object:
+            # first, so that a scrape during a long warm-up says what is warming
+            self.metrics.set_build_info(build_labels(cfg.app))
             app = _import(cfg.app, "app factory")()
             if cfg.warmup:
                 _import(cfg.warmup, "warm-up")(app)
@@ -249,7 +255,7 @@ class Instance:
         log.info("warm-up took %.2f s", time.monotonic() - began)
         return app
 
-    def _health_gate(self, app: object, deadline: float) -> WSGIApp:
+    def _health_gate(self, app: object, deadline: float) -> WSGIApplication:
         """The release must answer before the port sees it: a WSGI callable, and one
         in-process ``GET check_path`` answered with a status in ``check_status``."""
         cfg = self.cfg
@@ -258,8 +264,8 @@ class Instance:
             raise AppFailed(
                 f"health gate: app factory {cfg.app} returned {what}, not a WSGI callable"
             )
-        wsgi_app = cast(WSGIApp, app)
-        self._phase("warming", f"health gate: GET {cfg.check_path} in-process")
+        wsgi_app = cast(WSGIApplication, app)
+        self._phase(Phase.WARMING, f"health gate: GET {cfg.check_path} in-process")
         result = self._bounded("health gate", wsgi_check(wsgi_app, cfg.check_path), deadline)
         request = f"GET {cfg.check_path}"
         if result.error is not None:
@@ -318,9 +324,10 @@ class Instance:
         if inherited is not None:
             return inherited
         sock = sockets.bind_reuseport(cfg.host, cfg.port, backlog=cfg.backlog)
-        return sockets.Listener(sock, False, f"SO_REUSEPORT {cfg.host}:{cfg.port}")
+        origin = f"SO_REUSEPORT {cfg.host}:{cfg.port}"
+        return sockets.Listener(sock=sock, inherited=False, origin=origin)
 
-    def _serve(self, app: WSGIApp, listener: sockets.Listener) -> int:
+    def _serve(self, app: WSGIApplication, listener: sockets.Listener) -> int:
         cfg = self.cfg
         server = WaitressServer(
             app,
@@ -335,7 +342,7 @@ class Instance:
         if self._stop.is_set():  # a signal came between warm-up and here
             server.request_drain()
         server.start_accepting()
-        self.metrics.phase = "ready"
+        self.metrics.phase = Phase.READY
         status = f"serving on {listener.origin} (instance {cfg.instance}, pid {os.getpid()})"
         systemd.notify("READY=1", f"STATUS={status}")
         log.info(status)
@@ -359,6 +366,7 @@ class Instance:
     def _report(self, result: DrainResult) -> None:
         """Count and log how the drain went."""
         cfg = self.cfg
+        self.metrics.drain.stop()
         self.metrics.connections_cut("drain_timeout", result.cut)
         self.metrics.connections_cut("unread_request", result.cut_unread)
         if result.cut_unread:
@@ -367,7 +375,7 @@ class Instance:
                 "after a response that said Connection: close)",
                 result.cut_unread,
             )
-        phase = "stopped" if result.listener_error is None else "failed"
+        phase = Phase.STOPPED if result.listener_error is None else Phase.FAILED
         if result.timed_out:
             self._phase(
                 phase,
@@ -383,9 +391,10 @@ class Instance:
             self._phase(phase, f"drained in {result.seconds:.2f} s, {cut}")
 
     def _on_drain(self, open_connections: int, listener_error: str | None) -> None:
+        self.metrics.drain.start()
         if listener_error is not None:
             # Out of ready at once: the listener refuses connections; finish what is open.
-            self.metrics.phase = "failed"
+            self.metrics.phase = Phase.FAILED
             status = (
                 f"main listener failed ({listener_error}): draining {open_connections} "
                 f"connection(s), then exit {ListenerFailed.exit_code} for a restart"
@@ -393,7 +402,7 @@ class Instance:
             systemd.notify("STOPPING=1", f"STATUS={status}")
             log.error(status)
             return
-        self.metrics.phase = "draining"
+        self.metrics.phase = Phase.DRAINING
         status = (
             f"{self._stop_signal}: draining {open_connections} connection(s), "
             f"up to {self.cfg.drain_timeout:g} s"

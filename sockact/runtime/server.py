@@ -20,6 +20,11 @@ connections only; ``accept()`` out of descriptors rests instead of spinning; a r
 with both Content-Length and Transfer-Encoding closes its connection after the response;
 a listener that breaks (closed, no longer listening) starts the drain and is reported,
 instead of waitress closing its own wake-up trigger. TCP and unix listeners alike.
+
+Every request is counted for ``/metrics`` in the channel: in flight while a worker thread
+answers it, then by the status its client got (waitress's own error responses included:
+400 for a request it cannot parse, 500 for an app that raised) and the time since it was
+fully read.
 """
 
 from __future__ import annotations
@@ -32,22 +37,21 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.types import WSGIApplication
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, TcpWSGIServer, UnixWSGIServer
-from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
-from sockact.runtime.metrics import Metrics
+from sockact.runtime.metrics import NO_STATUS, Metrics
 
 log = logging.getLogger("sockact.runtime.server")
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 #: accept() errors that mean "no descriptor (or memory) for a new connection right now"
 _NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -79,6 +83,9 @@ class DrainResult:
 class _Parser(HTTPRequestParser):  # type: ignore[misc]
     #: the request had both Content-Length and Transfer-Encoding (RFC 9112 6.1)
     both_lengths = False
+    #: when the request was fully read (perf_counter): where its time in the request
+    #: histogram starts
+    completed_at = 0.0
 
     def parse_header(self, header_plus: bytes) -> None:
         super().parse_header(header_plus)
@@ -87,24 +94,43 @@ class _Parser(HTTPRequestParser):  # type: ignore[misc]
         if "CONTENT_LENGTH" in headers and (self.chunked or "TRANSFER_ENCODING" in headers):
             self.both_lengths = True
 
+    def received(self, data: bytes) -> int:
+        consumed: int = super().received(data)
+        if self.completed and not self.completed_at:
+            self.completed_at = time.perf_counter()
+        return consumed
+
+
+def status_code(status_line: str | None) -> int:
+    """200 for ``"200 OK"``; NO_STATUS when no header was written or the code is not
+    100-599 (a label set that stays small whatever the app sends)."""
+    if status_line is None:
+        return NO_STATUS
+    try:
+        code = int(status_line[:3])
+    except ValueError:
+        return NO_STATUS
+    return code if 100 <= code <= 599 else NO_STATUS
+
+
+class _ErrorTask(ErrorTask):  # type: ignore[misc]
+    """waitress's error response (a request it could not parse, an app that raised before
+    its response began), with its status noted for the metrics."""
+
+    channel: _DrainingChannel
+
+    def build_response_header(self) -> bytes:
+        self.channel.status_sent = self.status
+        header: bytes = super().build_response_header()
+        return header
+
 
 class _DrainingTask(WSGITask):  # type: ignore[misc]
     channel: _DrainingChannel
 
-    def service(self) -> None:
-        metrics = self.channel.server.metrics
-        metrics.request_started()
-        try:
-            super().service()
-        finally:
-            try:
-                status = int(str(self.status).split(" ", 1)[0])
-            except ValueError:
-                status = 0
-            metrics.request_finished(status)
-
     def build_response_header(self) -> bytes:
         channel = self.channel
+        channel.status_sent = self.status
         # Decided when the header is written, so a request that started before the
         # drain and finishes after it still tells its client to go elsewhere; but only
         # on the last request the connection has sent: pipelined requests already
@@ -121,10 +147,27 @@ class _DrainingTask(WSGITask):  # type: ignore[misc]
 
 class _DrainingChannel(HTTPChannel):  # type: ignore[misc]
     task_class = _DrainingTask
+    error_task_class = _ErrorTask
     parser_class = _Parser
     server: _DrainingServer
+    #: the status line of the response being answered, once its header is written
+    status_sent: str | None = None
     #: set when the drain cuts this channel at drain_timeout (counted there)
     cut = False
+
+    def service(self) -> None:
+        """waitress's own (one request: the app's answer, or waitress's error response),
+        counted: in flight while it runs, then by the status the client got and the time
+        since the request was fully read."""
+        request: _Parser = self.requests[0]
+        metrics = self.server.metrics
+        metrics.request_started()
+        self.status_sent = None
+        try:
+            super().service()
+        finally:
+            started = request.completed_at or time.perf_counter()
+            metrics.request_finished(status_code(self.status_sent), time.perf_counter() - started)
 
     def idle(self) -> bool:
         """No request being read, queued or answered, and nothing left to send."""
@@ -310,7 +353,7 @@ class WaitressServer:
 
     def __init__(
         self,
-        app: WSGIApp,
+        app: WSGIApplication,
         listener: socket.socket,
         *,
         inherited: bool,

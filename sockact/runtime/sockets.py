@@ -14,9 +14,13 @@ from sockact.runtime.systemd import inherited_sockets
 MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Listener:
+    """The main listener and where it came from."""
+
     sock: socket.socket
+    #: True: systemd passed it (it already listens, and stays open in systemd when we
+    #: close ours); False: bound here with SO_REUSEPORT
     inherited: bool
     #: human-readable origin, for logs and STATUS=
     origin: str
@@ -79,13 +83,29 @@ def _family(host: str) -> socket.AddressFamily:
         return socket.AF_INET
 
 
-def bind_reuseport(host: str, port: int, backlog: int | None) -> socket.socket:
-    """Bind ``host:port`` with SO_REUSEPORT; listen when ``backlog`` is given.
+def check_shareable(host: str, port: int) -> None:
+    """Fail now if ``host:port`` cannot be shared with SO_REUSEPORT; a dry run that binds
+    a socket, never listens on it (so it receives no connections), and closes it.
 
-    With ``backlog=None`` this is a dry run that checks the port can be shared (used before
-    the warm-up, so a taken port fails in a second and not after a long warm-up): a bound
-    socket that does not listen receives no connections.
+    Used before the warm-up, so a taken port fails in a second and not after a long
+    warm-up. Raises :class:`AddressError` as :func:`bind_reuseport` does.
     """
+    _bind_shared(host, port).close()
+
+
+def bind_reuseport(host: str, port: int, backlog: int) -> socket.socket:
+    """The main listener: ``host:port`` bound with SO_REUSEPORT, listening, non-blocking."""
+    sock = _bind_shared(host, port)
+    try:
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _address_error(host, port, exc) from exc
+    return sock
+
+
+def _bind_shared(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with SO_REUSEPORT (not listening yet)."""
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         # SO_REUSEADDR too: without it, TIME_WAIT connections left on the port by a server
@@ -98,19 +118,21 @@ def bind_reuseport(host: str, port: int, backlog: int | None) -> socket.socket:
             # a specific IPv6 address is IPv6 only anyway.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind((host, port))
-        if backlog is not None:
-            sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise AddressError(
-                f"port {host}:{port} is held by a socket without SO_REUSEPORT or by another "
-                "user: instances must share one UID and all set SO_REUSEPORT"
-            ) from exc
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise AddressError(f"cannot bind {host}:{port}: no such local address") from exc
-        if exc.errno == errno.EACCES:
-            raise AddressError(f"cannot bind {host}:{port}: permission denied") from exc
-        raise AddressError(f"cannot bind {host}:{port}: {exc.strerror}") from exc
+        raise _address_error(host, port, exc) from exc
     sock.setblocking(False)
     return sock
+
+
+def _address_error(host: str, port: int, exc: OSError) -> AddressError:
+    if exc.errno == errno.EADDRINUSE:
+        return AddressError(
+            f"port {host}:{port} is held by a socket without SO_REUSEPORT or by another "
+            "user: instances must share one UID and all set SO_REUSEPORT"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return AddressError(f"cannot bind {host}:{port}: no such local address")
+    if exc.errno == errno.EACCES:
+        return AddressError(f"cannot bind {host}:{port}: permission denied")
+    return AddressError(f"cannot bind {host}:{port}: {exc.strerror}")

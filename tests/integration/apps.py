@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
-
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+from wsgiref.types import StartResponse, WSGIApplication
+from wsgiref.types import WSGIEnvironment as Environ
 
 #: files the ``holds_files`` app keeps open, like a pool of database connections
 _held: list[Any] = []
@@ -31,8 +29,9 @@ def _json(start_response: StartResponse, status: str, body: dict[str, Any]) -> l
     return [data]
 
 
-def create_app() -> WSGIApp:
-    """``GET /`` (instance and pid), ``GET /slow?ms=N``, ``POST /echo`` (the body back)."""
+def create_app() -> WSGIApplication:
+    """``GET /`` (instance and pid), ``GET /slow?ms=N``, ``POST /echo`` (the body back),
+    ``GET /raise`` (raises before answering: waitress answers 500); 404 otherwise."""
     instance = int(os.environ.get("SOCKACT_INSTANCE", "0") or 0)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -49,6 +48,8 @@ def create_app() -> WSGIApp:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length)
             return _json(start_response, "200 OK", {**who, "echo": body.decode("latin-1")})
+        if path == "/raise":
+            raise RuntimeError("this route raises")
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     return app
@@ -59,7 +60,7 @@ def not_callable() -> object:
     return {"app": "this is a dict, not a WSGI callable"}
 
 
-def answers_500() -> WSGIApp:
+def answers_500() -> WSGIApplication:
     """A broken release: builds fine, then answers 500 to every request."""
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -68,7 +69,7 @@ def answers_500() -> WSGIApp:
     return app
 
 
-def raises() -> WSGIApp:
+def raises() -> WSGIApplication:
     """A broken release: builds fine, then raises on every request."""
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -77,7 +78,7 @@ def raises() -> WSGIApp:
     return app
 
 
-def answers_404() -> WSGIApp:
+def answers_404() -> WSGIApplication:
     """Answers 404 everywhere: fine for the default check_status, not for 200-399."""
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -86,7 +87,7 @@ def answers_404() -> WSGIApp:
     return app
 
 
-def holds_files() -> WSGIApp:
+def holds_files() -> WSGIApplication:
     """:func:`create_app`, holding ``HOLD_FILES`` open files for its whole life."""
     for _ in range(int(os.environ.get("HOLD_FILES", "20"))):
         _held.append(open(os.devnull, "rb"))  # noqa: SIM115 - held on purpose

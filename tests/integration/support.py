@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -500,10 +501,27 @@ def json_of(text: str) -> dict[str, Any]:
     return result
 
 
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` with exactly ``labels`` in a /metrics text, or
+    None when there is none (read with prometheus_client's parser, as Prometheus would)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def scrape(sp: ServeProc, timeout: float = 2.0) -> str:
+    """The instance's /metrics text."""
+    _status, _headers, body = http_get(
+        sp.admin_port, "/metrics", host=sp.admin_host, timeout=timeout
+    )
+    return body.decode()
+
+
 def in_flight(sp: ServeProc, count: int = 1) -> bool:
     """True when the instance's /metrics shows ``count`` requests in flight."""
-    _status, _headers, body = http_get(sp.admin_port, "/metrics", host=sp.admin_host, timeout=1)
-    return f'sockact_requests_in_flight{{instance="1"}} {count}' in body.decode()
+    return metric(scrape(sp, timeout=1), "sockact_http_requests_in_flight") == count
 
 
 class PortWatch:

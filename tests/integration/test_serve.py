@@ -23,7 +23,6 @@ from tests.integration.support import (
     clean_env,
     connect_state,
     free_port_pair,
-    http_get,
     http_json,
     in_flight,
     json_of,
@@ -302,39 +301,7 @@ def test_check_config_and_print_config(tmp_path: Path) -> None:
     assert re.search(r"^backlog = 1024 +# default$", out, re.M), out
 
 
-# -- 7. metrics ---------------------------------------------------------------------------
-
-
-def _metric(text: str, name: str, labels: str) -> float | None:
-    m = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else None
-
-
-def test_metrics_count_requests_and_phase(serve: ServeFactory) -> None:
-    sp = serve.start(warmup=0.2)
-    sp.wait_ready()
-    ok = 'instance="1",status="200"'
-
-    def metrics() -> str:
-        return http_get(sp.admin_port, "/metrics")[2].decode()
-
-    def reaches(labels: str, want: float) -> Callable[[], bool]:
-        # a request is counted right after its response is written: poll, briefly
-        return lambda: _metric(metrics(), "sockact_requests_total", labels) == want
-
-    assert _metric(metrics(), "sockact_requests_total", ok) is None  # nothing served yet
-    for _ in range(5):
-        assert http_get(sp.port, "/")[0] == 200
-    poll("5 requests counted", reaches(ok, 5), 2)
-    text = metrics()
-    assert _metric(text, "sockact_phase", 'instance="1",phase="ready"') == 1, text
-    assert _metric(text, "sockact_phase", 'instance="1",phase="warming"') == 0, text
-    for _ in range(3):
-        assert http_get(sp.port, "/slow?ms=1")[0] == 200
-    poll("8 requests counted", reaches(ok, 8), 2)
-    assert http_get(sp.port, "/slow?ms=x")[0] == 400
-    poll("one 400 counted", reaches('instance="1",status="400"', 1), 2)
-    assert _metric(metrics(), "sockact_requests_total", ok) == 8
+# -- 7. metrics: tests/integration/test_metrics.py ------------------------------------
 
 
 # -- 8. sd_notify with a real NOTIFY_SOCKET -------------------------------------------------

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sockact.controller.probe import Probe, Report, Target
 from sockact_lab.lab import Host
@@ -231,6 +232,26 @@ def test_journal_has_phase_lines_with_instance_fields(reuseport: Deployed) -> No
     assert {"starting", "warming", "ready"} <= phases, phases
     warming = [e for e in entries if e.get("PHASE") == "warming"]
     assert any("warming up sockact_demo:create_app" in e["MESSAGE"] for e in warming), warming
+
+
+def test_metrics_under_the_hardened_unit(reuseport: Deployed) -> None:
+    """/metrics of an instance run by the rendered unit (its sandbox, the release venv):
+    the process metrics read /proc, build info finds the demo's distribution."""
+    host = reuseport.host
+    reuseport.ensure_only(2)
+    proc = host.run("curl", "-sf", "-m", "5", "http://127.0.0.1:9002/metrics", check=False)
+    assert proc.returncode == 0, f"{proc.stderr}\n{reuseport.report('api@2')}"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(proc.stdout)
+        for s in f.samples
+    }
+    assert samples[("sockact_phase", (("phase", "ready"),))] == 1
+    build = [labels for name, labels in samples if name == "sockact_build_info"]
+    assert len(build) == 1 and dict(build[0])["app_distribution"] == "sockact-demo", build
+    for name in ("process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"):
+        assert (name, ()) in samples, sorted(n for n, _ in samples)
+    assert not any("instance" in dict(labels) for _, labels in samples)
 
 
 def test_stop_lets_a_request_in_flight_finish(reuseport: Deployed) -> None:
