@@ -272,8 +272,9 @@ TABLE: Final[tuple[Setting, ...]] = (
     Setting("watchdog_sec", int, 10, "WatchdogSec=", _RENDER, low=1, high=3600, why=_UNIT_SECONDS),
     Setting("limit_nofile", int, 65536, "LimitNOFILE= (soft and hard) of each instance",
             _RENDER, low=1024, high=1048576,
-            why="below 1024 the default connection_limit cannot be held; above the kernel's "
-            "fs.nr_open (1048576 by default) the instance fails to start"),
+            why="below 1024 the default connection_limit has no room; above the kernel's "
+            "fs.nr_open (1048576 by default) systemd cannot set it and silently sets the "
+            "closest value it can"),
 )  # fmt: skip
 
 
