@@ -1,5 +1,5 @@
 """Command line: ``sockact serve | check-config | print-config | units | probe | timeline |
-canary | layout``.
+canary | layout | settings``.
 
 Only this module ends the process: every other module raises
 :class:`sockact.errors.SockactError`, which is mapped here to its exit code.
@@ -17,7 +17,7 @@ from sockact.errors import EXIT_INTERNAL, SockactError
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
-    from sockact import layout
+    from sockact import layout, settings
     from sockact.controller import canary, probe, timeline, units
     from sockact.runtime import commands
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary.add_subcommand(sub)
     timeline.add_subcommand(sub)
     layout.add_subcommand(sub)
+    settings.add_subcommand(sub)
     return parser
 
 

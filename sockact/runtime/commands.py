@@ -17,11 +17,11 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "settings", "each also as a TOML key or as SOCKACT_<KEY>; flags win over env over file"
     )
-    for key, (_parse, help_text) in SETTINGS.items():
+    for key, setting in SETTINGS.items():
         # Flags are passed as strings and converted by config.load, so a bad flag is
         # reported like a bad file value, together with every other problem.
         group.add_argument(
-            "--" + key.replace("_", "-"), dest=key, metavar=key.upper(), help=help_text
+            setting.flag, dest=key, metavar=key.upper(), help=setting.help_text("serve")
         )
 
 

@@ -23,8 +23,9 @@ from types import FrameType
 from typing import Any, TypeVar, cast
 from wsgiref.types import WSGIApplication
 
+from sockact import settings
 from sockact.errors import AddressError, AppFailed, BadInput, ForcedExit, ListenerFailed
-from sockact.runtime import config, sockets, systemd
+from sockact.runtime import sockets, systemd
 from sockact.runtime.admin import AdminServer, wsgi_check
 from sockact.runtime.config import Config
 from sockact.runtime.metrics import Metrics, build_labels
@@ -270,7 +271,7 @@ class Instance:
         request = f"GET {cfg.check_path}"
         if result.error is not None:
             raise AppFailed(f"health gate: {request} raised {_one_line(result.error)}")
-        if not config.accepts_status(cfg.check_status, result.status):
+        if not settings.accepts_status(cfg.check_status, result.status):
             raise AppFailed(
                 f"health gate: {request} answered {result.status}, outside check_status = "
                 f"{cfg.check_status}: {_one_line(result.excerpt(200))}"

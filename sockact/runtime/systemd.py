@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import sys
 import threading
 
@@ -74,27 +75,56 @@ def inherited_sockets() -> dict[str, socket.socket]:
 
     Trusted only when LISTEN_PID is ours (as gunicorn and sd_listen_fds do). Unnamed fds
     are called ``unknown``. The LISTEN_* variables are removed so children do not inherit
-    them.
+    them. Raises :class:`AddressError` when LISTEN_FDS is not a count or names an fd that
+    is not an open socket (a regular file, a pipe...): that is no listener to serve on.
     """
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return {}
-    pairs = daemon.listen_fds_with_names(unset_environment=False)
-    # libsystemd's own unsetenv() would leave Python's os.environ stale; do it here.
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)
+    count = os.environ.get("LISTEN_FDS", "")
+    try:
+        pairs = daemon.listen_fds_with_names(unset_environment=False)
+    except OSError as exc:
+        raise AddressError(
+            f"LISTEN_FDS={count!r} is not what systemd passes ({exc.strerror})"
+        ) from None
+    finally:
+        # libsystemd's own unsetenv() would leave Python's os.environ stale; do it here.
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
     found: dict[str, socket.socket] = {}
     for fd, name in pairs.items():
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError as exc:
-            for taken in found.values():
-                taken.close()
+        problem = _not_a_socket(fd)
+        if problem:
+            for sock in found.values():
+                sock.close()
             raise AddressError(
-                f"LISTEN_FDS: fd {fd} ({name or 'unnamed'}) is not a socket: {exc.strerror}"
-            ) from exc
+                f"LISTEN_FDS: fd {fd} ({name or 'unnamed'}) {problem}, not a socket; "
+                "check the unit's Sockets= and the socket unit"
+            )
+        sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         found[name or "unknown"] = sock
     return found
+
+
+_FD_KINDS = (
+    (stat.S_ISREG, "is a regular file"),
+    (stat.S_ISDIR, "is a directory"),
+    (stat.S_ISFIFO, "is a pipe"),
+    (stat.S_ISCHR, "is a character device"),
+    (stat.S_ISBLK, "is a block device"),
+)
+
+
+def _not_a_socket(fd: int) -> str | None:
+    """What ``fd`` is when it is not a socket ("is a regular file"), or None."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return "is not open"
+    if stat.S_ISSOCK(mode):
+        return None
+    return next((what for test, what in _FD_KINDS if test(mode)), "is something else")
 
 
 def journal_is_stderr() -> bool:

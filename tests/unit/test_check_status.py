@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sockact import settings
 from sockact.errors import BadInput
 from sockact.runtime import config
 
@@ -20,10 +21,10 @@ def load(check_status: str | None = None) -> config.Config:
 def test_default_is_anything_below_500() -> None:
     cfg = load()
     assert cfg.check_status == "100-499"
-    assert config.accepts_status(cfg.check_status, 404)
-    assert config.accepts_status(cfg.check_status, 200)
-    assert not config.accepts_status(cfg.check_status, 500)
-    assert not config.accepts_status(cfg.check_status, 503)
+    assert settings.accepts_status(cfg.check_status, 404)
+    assert settings.accepts_status(cfg.check_status, 200)
+    assert not settings.accepts_status(cfg.check_status, 500)
+    assert not settings.accepts_status(cfg.check_status, 503)
 
 
 @pytest.mark.parametrize(
