@@ -767,7 +767,7 @@ def _serve(args: argparse.Namespace) -> None:
         log(f"stopped; {json.dumps(proxy.stats.as_dict())}")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sockact_lab.aptproxy --listen ADDR [--listen ADDR ...]``."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {MODULE}", description="apt's caching proxy for lab hosts."
@@ -779,8 +779,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--owner", default="", help="the lab directory (finds leftovers)")
     args = parser.parse_args(argv)
     args.allow = args.allow or ["deb.debian.org"]
-    _serve(args)
+    try:
+        _serve(args)
+    except LabError as exc:
+        print(exc.message, file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
