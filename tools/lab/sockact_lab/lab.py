@@ -1,4 +1,4 @@
-"""Throwaway test hosts with a real systemd: ``sockact-lab up | list | down``.
+"""Throwaway test hosts with a real systemd: ``sockact-lab up | list | down | image``.
 
 Each host is a ``systemd-nspawn -b`` container booted on an overlay, in its own network
 namespace ``sockact-<n>`` joined to the root namespace by a veth pair:
