@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sockact_lab.image import Image
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import BIN, say
 from tests.lab_fixtures import cannot_run, lab_skip_reason
@@ -16,8 +17,8 @@ from tests.system import hostsetup as hs
 
 
 @pytest.fixture(scope="module")
-def alab() -> Iterator[Lab]:
-    """A lab of 2 hosts for this module only."""
+def alab(lab_image: Image) -> Iterator[Lab]:
+    """A lab of 2 hosts for this module only, fresh Debian 12 hosts of the minimal image."""
     reason = lab_skip_reason()
     if reason:
         cannot_run(reason)
