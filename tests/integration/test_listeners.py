@@ -222,5 +222,5 @@ def test_listen_fds_naming_a_regular_file_exits_4(serve: ServeFactory, tmp_path:
         )
         assert sp.wait_exit(10) == 4, sp.output()
     (line,) = sp.log_lines("sockact: error:")
-    assert "is not a socket" in line, line
+    assert "is a regular file, not a socket" in line, line
     assert "Traceback" not in sp.stderr(), sp.output()
