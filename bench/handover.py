@@ -1,8 +1,9 @@
 """Handover and throughput benchmark: sockact against gunicorn, in a network namespace.
 
-    sudo .venv/bin/python bench/handover.py            # full run, < 5 minutes
-    sudo .venv/bin/python bench/handover.py --quick    # smoke run, about a minute
-    sudo .venv/bin/python bench/handover.py --json     # the results JSON on stdout
+    sudo .venv/bin/python bench/handover.py                 # full run: open loop, 10 rounds
+    sudo .venv/bin/python bench/handover.py --quick         # smoke run, about 2-3 minutes
+    sudo .venv/bin/python bench/handover.py --load closed   # closed loop, as runs 1-4
+    sudo .venv/bin/python bench/handover.py --json          # the results JSON on stdout
 
 Prints tables, is not a test: nothing here asserts. See bench/README.md for what each
 figure means. Everything runs in a fresh network namespace ``sockact-bench-<random>``
@@ -51,9 +52,28 @@ NEW_CONN_CLIENTS = 8
 CONTROL_PORT_OFFSET = 10000
 #: after the old instance exited, the handover window goes on for this long
 AFTER_EXIT = 1.0
+#: open loop: the first second of the probe (its connections opening) is in no window
+STEADY_SKIP = 1.0
+#: open loop: the issue's targets, handover against steady of the same run
+TARGET_P99_RATIO = 1.5
+TARGET_MAX_RATIO = 2.0
+#: the open-loop scenarios (by default): sockact both modes, gunicorn both ways, control
+OPEN_SCENARIOS = (
+    "sockact-reuseport-mr1",
+    "sockact-socket",
+    "gunicorn-reuseport-mr1",
+    "gunicorn-hup",
+    "control-start-only",
+)
 
 sys.path.insert(0, str(ROOT))
-from sockact.controller.probe import Probe, Report, Target  # noqa: E402
+from sockact.controller.probe import (  # noqa: E402
+    Probe,
+    Report,
+    Target,
+    capacity_of,
+    measure_capacity,
+)
 
 _ports = iter(range(FIRST_PORT, 65000))
 
@@ -437,7 +457,7 @@ def window(report: Report) -> dict[str, Any]:
 
 
 class Load:
-    """The same probe as DESIGN.md's anchors: 16 clients, a new :class:`Probe` per window."""
+    """The probe of the anchors in docs/design.md: 16 clients, a new :class:`Probe` per window."""
 
     def __init__(self, port: int) -> None:
         self.target = Target(HOST, port, "/")
@@ -461,15 +481,95 @@ class Load:
         return report
 
 
-def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict[str, Any]:
+class OpenLoad:
+    """One open-loop probe for the whole run; windows are cut from its buckets afterwards."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.probe = Probe(
+            [Target(HOST, port, "/")],
+            keepalive_clients=KEEPALIVE_CLIENTS,
+            new_conn_clients=NEW_CONN_CLIENTS,
+            rate=rate,
+        )
+        self.report: Report | None = None
+
+    def start(self) -> None:
+        self.probe.start()
+
+    def now(self) -> float:
+        return self.probe.elapsed()
+
+    def stop(self) -> Report:
+        self.report = self.probe.stop()
+        return self.report
+
+
+#: (mark, host, label) of the timeline events, per scenario mode; mark "start" is 0
+EVENTS = {
+    "handover": (
+        ("start", "B (new)", "started"),
+        ("new_ready", "B (new)", "READY"),
+        ("old_term", "A (old)", "SIGTERM (stopping)"),
+        ("old_gone", "A (old)", "exited"),
+    ),
+    "start-only": (
+        ("start", "B (other port)", "started"),
+        ("new_ready", "B (other port)", "READY"),
+        ("old_term", "B (other port)", "SIGTERM (stopping)"),
+        ("old_gone", "B (other port)", "exited"),
+    ),
+    "hup": (
+        ("start", "master", "SIGHUP"),
+        ("new_ready", "master", "new workers warm"),
+        ("old_gone", "master", "old workers exited"),
+    ),
+}
+
+
+def timeline_events(sc: Scenario, at: float, marks: dict[str, float]) -> list[dict[str, Any]]:
+    """The run's events on the probe's clock (``at`` = the probe time of mark 0)."""
+    kind = sc.mode if sc.mode in ("start-only", "hup") else "handover"
+    all_marks = {"start": 0.0, **marks}
+    return [
+        {"t": round(at + all_marks[m], 3), "host": host, "label": label}
+        for m, host, label in EVENTS[kind]
+        if m in all_marks
+    ]
+
+
+def draw(report: Report, events: list[dict[str, Any]], out: Path, title: str) -> str | None:
+    """The run's timeline PNG, or None (logged) when matplotlib is missing."""
+    from sockact.controller.timeline import events_from, render_timeline
+    from sockact.errors import MissingExtra
+
+    try:
+        render_timeline(report.to_dict(), events_from(events, 0.0), out, title)
+    except MissingExtra as exc:
+        log(f"  no timeline: {exc.message}")
+        return None
+    return str(out)
+
+
+def run_handover(
+    sc: Scenario,
+    steady: float,
+    tail: float,
+    logdir: Path,
+    rate: float | None = None,
+    png: Path | None = None,
+) -> dict[str, Any]:
+    """One handover under load: closed loop (``rate`` None, a new probe per window) or
+    open loop at ``rate`` req/s (one probe for the run; equal steady and handover
+    windows cut from its buckets). ``png``: draw the run's timeline there (open loop)."""
     set_migrate_req(sc.migrate_req)
     port = next_port()
     wait_port_free(port)
     procs = Procs(logdir)
-    load = Load(port)
+    load: Load | OpenLoad = Load(port) if rate is None else OpenLoad(port, rate)
     shared: socket.socket | None = None
     marks: dict[str, float] = {}
     load_before = loadavg()
+    at = ho_end = 0.0
     try:
         old: SockactServer | GunicornMaster
         new: SockactServer | GunicornMaster | None = None
@@ -492,7 +592,10 @@ def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict
 
         load.start()
         time.sleep(steady)
-        steady_report = load.cut()
+        if isinstance(load, Load):
+            steady_report = load.cut()
+        else:
+            at = load.now()
 
         t0 = time.monotonic()
         if sc.mode == "hup":
@@ -532,22 +635,85 @@ def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict
             stopped.wait_gone()
             marks["old_gone"] = time.monotonic() - t0
         time.sleep(AFTER_EXIT)
-        handover_report = load.cut()
+        if isinstance(load, Load):
+            handover_report = load.cut()
+        else:
+            ho_end = load.now()
         time.sleep(tail)
-        tail_report = load.stop()
+        final = load.stop()
+        if isinstance(load, Load):
+            tail_report = final
         if new is not None and not new.proc.alive():
             raise RuntimeError(f"{new.proc.name} died:\n{new.proc.tail()}")
     finally:
-        if load.current is not None:
+        if isinstance(load, Load):
+            if load.current is not None:
+                load.stop()
+        elif load.report is None and load.probe.started_at:
             load.stop()
         procs.close()
         if shared is not None:
             shared.close()
+    extra: dict[str, Any] = {"load": "closed"}
+    if isinstance(load, OpenLoad):
+        # equal windows: the steady one is the handover's length, just before it
+        p = load.probe
+        a, b = round(at, 1), round(ho_end, 1)
+        length = b - a
+        sa = round(max(STEADY_SKIP, a - length), 1)
+        end = round(final.duration_s, 1)
+        steady_report = p.snapshot(window=(sa, a))
+        handover_report = p.snapshot(window=(a, b))
+        tail_report = p.snapshot(window=(b, end))
+        ready_at = round(at + marks["new_ready"], 1)
+        ev = timeline_events(sc, at, marks)
+        st_r, ho_r = steady_report, handover_report
+        extra = {
+            "load": "open",
+            "rate": rate,
+            "windows_s": {"steady": [sa, a], "handover": [a, b], "tail": [b, end]},
+            "equal_windows": abs((a - sa) - length) < 0.05,
+            "p99_ratio": round(ho_r.p99_ms / st_r.p99_ms, 2) if st_r.p99_ms else None,
+            "max_ratio": round(ho_r.max_ms / st_r.max_ms, 2) if st_r.max_ms else None,
+            "max_from_ready_ms": round(p.snapshot(window=(ready_at, b)).max_ms, 2),
+            "probe": {
+                "requests": final.total,
+                "failures": {k: v for k, v in final.failures.items() if v},
+                "late": final.late,
+                "lag_p99_ms": round(final.lag_p99_ms, 2),
+                "lag_max_ms": round(final.lag_max_ms, 2),
+                "pool_waits": final.pool_waits,
+                "workers": dict(final.workers),
+            },
+            "events": ev,
+        }
+        extra["meets_target"] = (
+            extra["p99_ratio"] is not None
+            and extra["max_ratio"] is not None
+            and extra["p99_ratio"] <= TARGET_P99_RATIO
+            and extra["max_ratio"] <= TARGET_MAX_RATIO
+        )
+        if png is not None:
+            extra["png"] = draw(
+                final,
+                ev,
+                png,
+                f"{sc.name} ({sc.what}), open loop {rate:,.0f} req/s, "
+                f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load {load_before[0]:.1f}\n"
+                f"handover p99 {ho_r.p99_ms:.1f} ms max {ho_r.max_ms:.0f} ms; "
+                f"steady p99 {st_r.p99_ms:.1f} ms max {st_r.max_ms:.0f} ms; "
+                f"{final.failed} failed of {final.total:,}",
+            )
     ho, st, tl = window(handover_report), window(steady_report), window(tail_report)
     failures: dict[str, int] = {}
-    for w in (st, ho, tl):
-        for k, v in w["failures"].items():
-            failures[k] = failures.get(k, 0) + v
+    if isinstance(load, OpenLoad):
+        failures = dict(extra["probe"]["failures"])  # the whole run, skipped second too
+        requests = extra["probe"]["requests"]
+    else:
+        for w in (st, ho, tl):
+            for k, v in w["failures"].items():
+                failures[k] = failures.get(k, 0) + v
+        requests = st["requests"] + ho["requests"] + tl["requests"]
     return {
         "scenario": sc.name,
         "what": sc.what,
@@ -556,22 +722,26 @@ def run_handover(sc: Scenario, steady: float, tail: float, logdir: Path) -> dict
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
         "marks_s": {k: round(v, 3) for k, v in marks.items()},
-        "requests": st["requests"] + ho["requests"] + tl["requests"],
+        "requests": requests,
         "failed": sum(failures.values()),
         "failures": failures,
         "steady": st,
         "handover": ho,
         "tail": tl,
         "max_over_steady_p99": round(ho["max_ms"] / st["p99_ms"], 2) if st["p99_ms"] else None,
+        **extra,
     }
 
 
 def max_from_ready(r: dict[str, Any]) -> float | None:
-    """Handover max latency over the one-second buckets from the one B got ready in.
+    """Handover max latency from B's READY on.
 
-    The series has one-second buckets, so the bucket B's READY falls in counts whole
-    (a few hundred ms before READY are included: this errs against sockact).
+    Open loop: exact to the 100 ms bucket READY falls in. Closed loop: the series has
+    one-second buckets, so the bucket B's READY falls in counts whole (a few hundred ms
+    before READY are included: this errs against sockact).
     """
+    if "max_from_ready_ms" in r:  # open loop: exact, from 100 ms buckets
+        return float(r["max_from_ready_ms"])
     ready = r["marks_s"].get("new_ready")
     series = r["handover"].get("series") or []
     if ready is None or not series:
@@ -622,36 +792,112 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return out
 
 
-def wrk(port: int, duration: float) -> dict[str, Any]:
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (gunicorn's workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of these processes so far (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK
+
+
+def wrk(port: int, duration: float, pids: Sequence[int] = ()) -> dict[str, Any]:
+    """One wrk run; with the servers' ``pids``, also their CPU time per request."""
     argv = ["wrk", "-t2", "-c16", f"-d{duration:g}s", "--latency", f"http://{HOST}:{port}/"]
     load_before = loadavg()
+    cpu_before = cpu_seconds(pids)
     res = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    cpu = cpu_seconds(pids) - cpu_before
     if res.returncode != 0 or "Requests/sec" not in res.stdout:
         raise RuntimeError(f"wrk failed ({res.returncode}): {res.stdout}\n{res.stderr}")
-    return {**parse_wrk(res.stdout), "loadavg_before": load_before, "command": " ".join(argv)}
+    out = {**parse_wrk(res.stdout), "loadavg_before": load_before, "command": " ".join(argv)}
+    if pids and out.get("requests"):
+        # CPU per request hardly depends on what else the machine runs, unlike req/s
+        out["cpu_us_per_request"] = round(cpu / out["requests"] * 1e6, 1)
+    return out
+
+
+def wait_line(proc: Proc, line: str, timeout: float = 30.0) -> None:
+    """Wait until ``proc``'s log has ``line`` (a child that prints when it listens)."""
+    end = time.monotonic() + timeout
+    while line not in proc.tail(50).splitlines():
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited before {line!r}:\n{proc.tail()}")
+        if time.monotonic() > end:
+            raise RuntimeError(f"{proc.name}: no {line!r} in {timeout} s:\n{proc.tail()}")
+        time.sleep(0.05)
 
 
 def run_throughput(runs: int, duration: float, logdir: Path) -> dict[str, Any]:
     set_migrate_req(1)
-    ports = {"sockact": next_port(), "gunicorn": next_port()}
+    ports = {"sockact": next_port(), "waitress": next_port(), "gunicorn": next_port()}
     procs = Procs(logdir)
-    results: dict[str, list[dict[str, Any]]] = {"sockact": [], "gunicorn": []}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
     try:
         a = SockactServer(procs, 1, "reuseport", ports["sockact"])
         b = SockactServer(procs, 2, "reuseport", ports["sockact"])
+        plain = [
+            procs.start(
+                f"waitress-{i}",
+                [
+                    PYTHON,
+                    str(BENCH / "plain_waitress.py"),
+                    HOST,
+                    str(ports["waitress"]),
+                    str(THREADS),
+                ],
+                env=child_env(SOCKACT_INSTANCE=str(10 + i)),
+            )
+            for i in (1, 2)
+        ]
         g = GunicornMaster(
             procs, "tput", GunicornEvents(logdir / "tput.events"), ports["gunicorn"], False, 3
         )
         a.wait_ready()
         b.wait_ready()
+        for w in plain:
+            wait_line(w, "listening")
         g.wait_ready()
+        pids = {
+            "sockact": [a.proc.pid, b.proc.pid],
+            "waitress": [w.pid for w in plain],
+            "gunicorn": process_tree(g.proc.pid),
+        }
         for port in ports.values():  # one discarded warm-up run each
             wrk(port, min(2.0, duration))
+        names = list(ports)
         for i in range(runs):
-            # A B A B ..., and which goes first alternates (A B B A A B ...)
-            order = list(ports) if i % 2 == 0 else list(reversed(ports))
+            # every server once per round, the order rotated each round
+            k = i % len(names)
+            order = names[k:] + names[:k]
             for name in order:
-                r = wrk(ports[name], duration)
+                r = wrk(ports[name], duration, pids[name])
                 log(f"wrk {name} run {i + 1}: {r['rps']:.0f} req/s (load {r['loadavg_before']})")
                 results[name].append(r)
     finally:
@@ -664,11 +910,38 @@ def run_throughput(runs: int, duration: float, logdir: Path) -> dict[str, Any]:
             "median_latency_avg_ms": statistics.median(r["latency_avg_ms"] for r in rs),
             "median_latency_p99_ms": statistics.median(r.get("latency_p99_ms", 0.0) for r in rs),
             "errors": sum(r["errors"] + r["non_2xx"] for r in rs),
+            "median_cpu_us_per_request": statistics.median(
+                r.get("cpu_us_per_request", 0.0) for r in rs
+            ),
         }
+    # the limit row: sockact against the same waitress without sockact, round by round
+    pairs = [
+        s["rps"] / w["rps"]
+        for s, w in zip(results["sockact"], results["waitress"], strict=True)
+        if w.get("rps")
+    ]
+    cpu_pairs = [
+        s["cpu_us_per_request"] / w["cpu_us_per_request"]
+        for s, w in zip(results["sockact"], results["waitress"], strict=True)
+        if s.get("cpu_us_per_request") and w.get("cpu_us_per_request")
+    ]
+    summary["sockact_over_waitress"] = {
+        "cpu_per_request_median": round(statistics.median(cpu_pairs), 3) if cpu_pairs else None,
+        "cpu_per_request_per_round": [round(x, 3) for x in cpu_pairs],
+        "median_of_medians": round(
+            summary["sockact"]["median_rps"] / summary["waitress"]["median_rps"], 3
+        )
+        if summary["waitress"]["median_rps"]
+        else None,
+        "per_round": [round(x, 3) for x in pairs],
+    }
     summary["setup"] = {
         "sockact": f"2 instances (reuseport, same port), {THREADS} threads each",
+        "waitress": f"2 plain waitress processes (bench/plain_waitress.py, SO_REUSEPORT, same "
+        f"port), {THREADS} threads each, no sockact",
         "gunicorn": f"1 master, gthread, {GUNICORN_WORKERS} workers x {THREADS} threads",
-        "wrk": f"wrk -t2 -c16 -d{duration:g}s --latency, interleaved, {runs} runs each",
+        "wrk": f"wrk -t2 -c16 -d{duration:g}s --latency, interleaved (order rotated), "
+        f"{runs} runs each",
     }
     return summary
 
@@ -728,9 +1001,21 @@ def handover_table(runs: list[dict[str, Any]]) -> str:
 
 
 def throughput_table(tp: dict[str, Any]) -> str:
-    head = ("server", "setup", "runs", "req/s (median)", "avg ms", "p99 ms", "errors", "load 1m")
+    head = (
+        "server",
+        "setup",
+        "runs",
+        "req/s (median)",
+        "CPU us/req",
+        "avg ms",
+        "p99 ms",
+        "errors",
+        "load 1m",
+    )
     rows = [head]
-    for name in ("sockact", "gunicorn"):
+    for name in ("sockact", "waitress", "gunicorn"):
+        if name not in tp:
+            continue
         s = tp[name]
         loads = ", ".join(f"{r['loadavg_before'][0]:.1f}" for r in s["runs"])
         rps = ", ".join(f"{r['rps']:.0f}" for r in s["runs"])
@@ -740,13 +1025,118 @@ def throughput_table(tp: dict[str, Any]) -> str:
                 tp["setup"][name],
                 str(len(s["runs"])),
                 f"{s['median_rps']:.0f} ({rps})",
+                f"{s['median_cpu_us_per_request']:.0f}"
+                if s.get("median_cpu_us_per_request")
+                else "-",
                 f"{s['median_latency_avg_ms']:.2f}",
                 f"{s['median_latency_p99_ms']:.2f}",
                 str(s["errors"]),
                 loads,
             )
         )
-    return render(rows, right=(2, 3, 4, 5, 6))
+    table = render(rows, right=(2, 3, 4, 5, 6, 7))
+    limit = tp.get("sockact_over_waitress")
+    if limit and limit.get("median_of_medians"):
+        rounds = ", ".join(f"{x:.2f}" for x in limit["per_round"])
+        table += (
+            f"\n\nlimit row: sockact / plain waitress req/s = {limit['median_of_medians']:.2f} "
+            f"(of the medians; per round {rounds})"
+        )
+        if limit.get("cpu_per_request_median"):
+            cpu_rounds = ", ".join(f"{x:.2f}" for x in limit["cpu_per_request_per_round"])
+            table += (
+                f"\nlimit row: sockact / plain waitress CPU time per request = "
+                f"{limit['cpu_per_request_median']:.2f} (median of rounds {cpu_rounds}): "
+                f"sockact's own share of the time per request is about "
+                f"{100 * (1 - 1 / limit['cpu_per_request_median']):.0f}%"
+            )
+    return table
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def open_table(runs: list[dict[str, Any]]) -> str:
+    """One row per open-loop run: handover against the steady window of the same run."""
+    head = (
+        "handover (open loop)",
+        "run",
+        "requests",
+        "failed (by kind)",
+        "late",
+        "window s",
+        "ho p99",
+        "steady p99",
+        "p99 ratio",
+        "ho max",
+        "steady max",
+        "max ratio",
+        "max/st.p99",
+        "max from READY",
+        "load 1m",
+    )
+    rows = [head]
+    for r in sorted(runs, key=lambda r: (SCENARIO_ORDER[r["scenario"]], r["round"])):
+        ho, st = r["handover"], r["steady"]
+        a, b = r["windows_s"]["handover"]
+        rows.append(
+            (
+                r["scenario"],
+                str(r["round"]),
+                f"{r['requests']:,}",
+                fmt_failures(r["failures"]),
+                str(r["probe"]["late"]),
+                f"{b - a:.1f}" + ("" if r["equal_windows"] else "*"),
+                f"{ho['p99_ms']:.1f}",
+                f"{st['p99_ms']:.1f}",
+                fmt_ratio(r["p99_ratio"]),
+                f"{ho['max_ms']:.0f}",
+                f"{st['max_ms']:.0f}",
+                fmt_ratio(r["max_ratio"]),
+                fmt_ratio(r["max_over_steady_p99"]),
+                fmt_from_ready(r),
+                f"{r['loadavg_before'][0]:.2f}",
+            )
+        )
+    return render(rows, right=range(1, len(head)))
+
+
+def spread(values: Sequence[float | None]) -> str:
+    """min / median / max of the values that exist."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return "-"
+    return f"{min(xs):.2f} / {statistics.median(xs):.2f} / {max(xs):.2f}"
+
+
+def open_summary_table(runs: list[dict[str, Any]]) -> str:
+    """Per scenario over its rounds: the ratios' min / median / max, and the target."""
+    head = (
+        "scenario",
+        "rounds",
+        "failed",
+        "p99 ratio min/med/max",
+        "max ratio min/med/max",
+        "max/st.p99 min/med/max",
+        f"rounds with p99 <= {TARGET_P99_RATIO:g}x and max <= {TARGET_MAX_RATIO:g}x",
+    )
+    rows = [head]
+    names = sorted({r["scenario"] for r in runs}, key=lambda n: SCENARIO_ORDER[n])
+    for name in names:
+        rs = [r for r in runs if r["scenario"] == name]
+        rows.append(
+            (
+                name,
+                str(len(rs)),
+                str(sum(r["failed"] for r in rs)),
+                spread([r["p99_ratio"] for r in rs]),
+                spread([r["max_ratio"] for r in rs]),
+                spread([r["max_over_steady_p99"] for r in rs]),
+                f"{sum(bool(r['meets_target']) for r in rs)} of {len(rs)}",
+            )
+        )
+    return render(rows, right=range(1, len(head)))
 
 
 def render(rows: Sequence[Sequence[str]], right: Any = ()) -> str:
@@ -787,37 +1177,105 @@ def git_commit() -> str:
     return res.stdout.strip() or "unknown"
 
 
+def measure_rate(args: argparse.Namespace, logdir: Path) -> tuple[float, dict[str, Any]]:
+    """The open-loop rate: --rate, or --rate-fraction of one sockact instance's capacity
+    under the probe (closed loop, the same 8 + 8 clients), measured here."""
+    if args.rate is not None:
+        return args.rate, {"measured": False, "rate": args.rate}
+    set_migrate_req(1)
+    port = next_port()
+    procs = Procs(logdir)
+    try:
+        srv = SockactServer(procs, 1, "reuseport", port)
+        srv.wait_ready()
+        targets = [Target(HOST, port, "/")]
+        measure_capacity(targets, 1.0, KEEPALIVE_CLIENTS, NEW_CONN_CLIENTS)  # warm-up
+        runs = [
+            measure_capacity(targets, args.capacity_seconds, KEEPALIVE_CLIENTS, NEW_CONN_CLIENTS)
+            for _ in range(2)
+        ]
+    finally:
+        procs.close()
+    caps = [capacity_of(r) for r in runs]
+    failed = sum(r.failed for r in runs)
+    if failed:
+        raise RuntimeError(f"capacity runs saw {failed} failed requests")
+    capacity = statistics.median(caps)
+    rate = round(capacity * args.rate_fraction, 1)
+    log(
+        f"capacity of one sockact instance: {capacity:,.0f} req/s "
+        f"({', '.join(f'{c:,.0f}' for c in caps)}); open loop at {rate:,.0f} req/s"
+    )
+    return rate, {
+        "measured": True,
+        "what": f"one sockact instance (reuseport, {THREADS} threads, demo app), probe closed "
+        f"loop {KEEPALIVE_CLIENTS} keep-alive + {NEW_CONN_CLIENTS} new-connection clients, "
+        f"{args.capacity_seconds:g} s, median of 2 after a 1 s warm-up",
+        "runs_rps": [round(c, 1) for c in caps],
+        "capacity_rps": round(capacity, 1),
+        "fraction": args.rate_fraction,
+        "rate": rate,
+    }
+
+
 def inner(args: argparse.Namespace) -> int:
     """Runs inside the namespace (``ip netns exec``)."""
     if not MIGRATE_REQ.exists():
         log("kernel without net.ipv4.tcp_migrate_req (Linux < 5.14): cannot run")
         return 2
-    chosen = [sc for sc in SCENARIOS if not args.only or sc.name in args.only]
+    open_loop = args.load == "open"
+    if args.only:
+        chosen = [sc for sc in SCENARIOS if sc.name in args.only]
+    elif open_loop:
+        chosen = [sc for sc in SCENARIOS if sc.name in OPEN_SCENARIOS]
+    else:
+        chosen = list(SCENARIOS)
     started = datetime.now(UTC)
+    commit = git_commit()
+    out = Path(args.out or BENCH / "results" / f"{started:%Y%m%dT%H%M%SZ}-{commit}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probe_text = (
+        f"sockact.controller.probe.Probe, open loop (fixed interval), keep-alive : "
+        f"new-connection = {KEEPALIVE_CLIENTS} : {NEW_CONN_CLIENTS}, no retries, one probe "
+        "per run, latency from each request's due time"
+        if open_loop
+        else f"sockact.controller.probe.Probe: {KEEPALIVE_CLIENTS} keep-alive + "
+        f"{NEW_CONN_CLIENTS} new-connection clients, no retries, a new probe per window"
+    )
     result: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": commit,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "loadavg_start": loadavg(),
         "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "inner"
         },
-        "probe": f"sockact.controller.probe.Probe: {KEEPALIVE_CLIENTS} keep-alive + "
-        f"{NEW_CONN_CLIENTS} "
-        "new-connection clients, no retries, a new probe per window",
+        "load": args.load,
+        "probe": probe_text,
         "handover": [],
     }
     with tempfile.TemporaryDirectory(prefix="sockact-bench-") as tmp:
         logdir = Path(tmp)
+        rate: float | None = None
+        if open_loop and not args.no_handover:
+            try:
+                rate, result["capacity"] = measure_rate(args, logdir)
+            except Exception as exc:
+                log(f"capacity: ERROR {exc}")
+                result["capacity_error"] = str(exc)
+                args.no_handover = True
         if not args.no_handover:
             for rnd in range(1, args.rounds + 1):
                 # interleaved: every scenario once per round, order rotated each round
                 k = (rnd - 1) % len(chosen)
                 for sc in chosen[k:] + chosen[:k]:
                     log(f"handover {sc.name} round {rnd} (load {loadavg()})")
+                    png = None
+                    if open_loop and rnd == 1 and not args.no_png:
+                        png = out.with_name(f"{out.stem}-{sc.name}.png")
                     try:
-                        r = run_handover(sc, args.steady, args.tail, logdir)
+                        r = run_handover(sc, args.steady, args.tail, logdir, rate, png)
                     except Exception as exc:
                         log(f"  {sc.name} round {rnd}: ERROR {exc}")
                         result["handover"].append(
@@ -827,8 +1285,9 @@ def inner(args: argparse.Namespace) -> int:
                     r["round"] = rnd
                     ho = r["handover"]
                     log(
-                        f"  failed {fmt_failures(r['failures'])}, handover max "
-                        f"{ho['max_ms']:.0f} ms, steady p99 {r['steady']['p99_ms']:.1f} ms, "
+                        f"  failed {fmt_failures(r['failures'])}, handover p99 "
+                        f"{ho['p99_ms']:.1f} max {ho['max_ms']:.0f} ms, steady p99 "
+                        f"{r['steady']['p99_ms']:.1f} max {r['steady']['max_ms']:.0f} ms, "
                         f"marks {r['marks_s']}"
                     )
                     result["handover"].append(r)
@@ -841,10 +1300,6 @@ def inner(args: argparse.Namespace) -> int:
                 result["throughput_error"] = str(exc)
     result["loadavg_end"] = loadavg()
     result["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
-
-    out = args.out or BENCH / "results" / f"{started:%Y%m%dT%H%M%SZ}-{result['commit']}.json"
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
@@ -861,6 +1316,31 @@ def summary(result: dict[str, Any], out: Path) -> str:
         "",
     ]
     ok = [r for r in result["handover"] if "error" not in r]
+    open_runs = [r for r in ok if r.get("load") == "open"]
+    ok = [r for r in ok if r.get("load") != "open"]
+    if open_runs:
+        cap = result.get("capacity", {})
+        lines += [
+            f"Handover under open-loop load: {open_runs[0]['rate']:,.0f} req/s"
+            + (
+                f" ({cap['fraction']:.0%} of one sockact instance's measured capacity, "
+                f"{cap['capacity_rps']:,.0f} req/s)"
+                if cap.get("measured")
+                else ""
+            )
+            + "; demo app, 1 s warm-up.",
+            "Windows: handover = new server started .. old one exited + 1 s; steady = the "
+            "same length just before it, same run (* = shorter: the run's steady phase was "
+            "too short). Latency from each request's due time. Ratios: handover / steady.",
+            "",
+            open_summary_table(open_runs),
+            "",
+            open_table(open_runs),
+            "",
+        ]
+        pngs = [r["png"] for r in open_runs if r.get("png")]
+        if pngs:
+            lines += ["timelines: " + ", ".join(pngs), ""]
     if ok:
         lines += [
             "Handover (16 clients: 8 keep-alive + 8 new-connection; demo app, 1 s warm-up).",
@@ -908,10 +1388,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, short windows")
     p.add_argument("--json", action="store_true", help="print the results JSON, not tables")
-    p.add_argument("--rounds", type=int, help="handover runs per scenario (default 2)")
-    p.add_argument("--steady", type=float, help="steady-state window, s (default 5)")
+    p.add_argument(
+        "--rounds", type=int, help="handover runs per scenario (default: open 10, closed 2)"
+    )
+    p.add_argument(
+        "--steady",
+        type=float,
+        help="steady phase before the handover, s (default: open 12, closed 5)",
+    )
     p.add_argument("--tail", type=float, help="window after the handover, s (default 2)")
-    p.add_argument("--wrk-runs", type=int, help="wrk runs per server (default 3)")
+    p.add_argument("--wrk-runs", type=int, help="wrk runs per server (default: open 5, closed 3)")
     p.add_argument("--wrk-duration", type=float, help="seconds per wrk run (default 10)")
     p.add_argument(
         "--only",
@@ -920,6 +1406,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help="handover scenarios to run: " + ", ".join(sc.name for sc in SCENARIOS),
     )
+    p.add_argument(
+        "--load",
+        choices=("open", "closed"),
+        default="open",
+        help="open: a fixed request rate, one probe per run (default); closed: 16 clients "
+        "as fast as they can, a new probe per window (runs 1-4 of README.md)",
+    )
+    p.add_argument("--rate", type=float, help="open loop: req/s instead of measuring")
+    p.add_argument(
+        "--rate-fraction",
+        type=float,
+        default=0.5,
+        help="open loop: fraction of the measured capacity (default 0.5)",
+    )
+    p.add_argument("--capacity-seconds", type=float, default=3.0)
+    p.add_argument("--no-png", action="store_true", help="open loop: no timeline PNGs")
     p.add_argument("--no-handover", action="store_true")
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument(
@@ -930,8 +1432,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    quick = {"rounds": 1, "steady": 2.0, "tail": 1.0, "wrk_runs": 1, "wrk_duration": 3.0}
-    full = {"rounds": 2, "steady": 5.0, "tail": 2.0, "wrk_runs": 3, "wrk_duration": 10.0}
+    if args.load == "open":
+        quick = {"rounds": 1, "steady": 8.0, "tail": 1.0, "wrk_runs": 1, "wrk_duration": 3.0}
+        full = {"rounds": 10, "steady": 12.0, "tail": 2.0, "wrk_runs": 5, "wrk_duration": 10.0}
+    else:
+        quick = {"rounds": 1, "steady": 2.0, "tail": 1.0, "wrk_runs": 1, "wrk_duration": 3.0}
+        full = {"rounds": 2, "steady": 5.0, "tail": 2.0, "wrk_runs": 3, "wrk_duration": 10.0}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

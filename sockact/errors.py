@@ -11,6 +11,10 @@ EXIT_BAD_INPUT = 2
 EXIT_APP_FAILED = 3
 EXIT_ADDRESS = 4
 EXIT_PROBE_FAILED = 6  # sockact probe: a request failed, or none was made
+EXIT_CANARY_FAILED = 7  # sockact canary: the new color is worse, or too few requests to tell
+#: The main listener failed while serving. Not in the unit's RestartPreventExitStatus=
+#: (2 3 4): a fresh start gets a fresh socket, so systemd restarts the instance.
+EXIT_LISTENER_FAILED = 8
 EXIT_FORCED = 130
 
 
@@ -32,6 +36,12 @@ class BadInput(SockactError):
     exit_code = EXIT_BAD_INPUT
 
 
+class MissingExtra(SockactError):
+    """An optional extra is not installed, e.g. matplotlib for ``sockact[plot]`` (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class AppFailed(SockactError):
     """The app factory or its warm-up failed or timed out (exit 3)."""
 
@@ -42,6 +52,18 @@ class AddressError(SockactError):
     """A port cannot be had: taken, not shareable, or not inherited (exit 4)."""
 
     exit_code = EXIT_ADDRESS
+
+
+class CanaryFailed(SockactError):
+    """The canary could not read an instance's metrics: fails closed (exit 7)."""
+
+    exit_code = EXIT_CANARY_FAILED
+
+
+class ListenerFailed(SockactError):
+    """The main listener broke while serving; what was open has been drained (exit 8)."""
+
+    exit_code = EXIT_LISTENER_FAILED
 
 
 class ForcedExit(SockactError):

@@ -60,24 +60,33 @@ def build_base(dest: Path) -> Path:
     return dest
 
 
-def demo_wheel(version: str, dest: Path) -> Path:
-    """A wheel of the demo app whose distribution version is ``version``."""
+def app_wheel(project: Path, version: str, dest: Path) -> Path:
+    """A wheel of the app in ``project`` (a directory with a pyproject.toml) whose
+    distribution version is ``version``, built from a temporary copy."""
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sockact-demo-src-") as tmp:
-        src = Path(tmp) / "demo"
+    before = set(dest.glob("*.whl"))
+    with tempfile.TemporaryDirectory(prefix="sockact-app-src-") as tmp:
+        src = Path(tmp) / project.name
         shutil.copytree(
-            DEMO, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+            project, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
         )
         pyproject = src / "pyproject.toml"
         text, n = re.subn(
             r'(?m)^version = "[^"]*"$', f'version = "{version}"', pyproject.read_text()
         )
         if n != 1:
-            raise RuntimeError(f"no version line in {DEMO / 'pyproject.toml'}")
+            raise RuntimeError(f"no version line in {project / 'pyproject.toml'}")
         pyproject.write_text(text)
         _pip_wheel(dest, "--no-deps", str(src))
-    (wheel,) = dest.glob(f"sockact_demo-{version}-*.whl")
-    return wheel
+    made = [w for w in set(dest.glob(f"*-{version}-*.whl")) - before]
+    if len(made) != 1:
+        raise RuntimeError(f"pip wheel of {project} at {version} made {made} in {dest}")
+    return made[0]
+
+
+def demo_wheel(version: str, dest: Path) -> Path:
+    """A wheel of the demo app whose distribution version is ``version``."""
+    return app_wheel(DEMO, version, dest)
 
 
 def wheelhouse(base: Path, demo: Path, dest: Path) -> Path:
@@ -88,8 +97,9 @@ def wheelhouse(base: Path, demo: Path, dest: Path) -> Path:
     return dest
 
 
-def releases(versions: tuple[str, ...], work: Path) -> dict[str, Path]:
-    """One wheelhouse per demo version, sharing one base: version -> wheelhouse."""
+def releases(versions: tuple[str, ...], work: Path, app: Path = DEMO) -> dict[str, Path]:
+    """One wheelhouse per version of the app in ``app`` (the demo unless given), sharing one
+    base: version -> wheelhouse. The app's dependencies must be in the lock."""
     base = build_base(work / "base")
-    demos = work / "demo"
-    return {v: wheelhouse(base, demo_wheel(v, demos), work / f"release-{v}") for v in versions}
+    apps = work / "app"
+    return {v: wheelhouse(base, app_wheel(app, v, apps), work / f"release-{v}") for v in versions}

@@ -21,6 +21,8 @@ import os
 import posixpath
 import re
 import shlex
+import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,10 +30,13 @@ from typing import Any
 
 import jinja2
 
-from sockact import layout
+from sockact import layout, settings
 from sockact.errors import BadInput
 
 LISTEN_MODES = layout.DEPLOY_LISTEN_MODES
+#: every option of ``units render``, by name, from the one table of settings
+OPTIONS = settings.RENDER
+_D = {name: s.default for name, s in OPTIONS.items()}
 
 #: Seconds TimeoutStopSec adds on top of drain_timeout: the idle grace, closing the admin
 #: server and the interpreter's exit all happen after the drain deadline.
@@ -54,6 +59,11 @@ _PATH_RE = re.compile(r"[A-Za-z0-9._+:/-]+")
 PATH_MAX = 1024
 #: Hidden or replaced by the hardening (ProtectHome, PrivateTmp, PrivateDevices, ...).
 _HIDDEN_DIRS = ("/home", "/root", "/run/user", "/tmp", "/var/tmp", "/dev", "/proc", "/sys")
+#: sun_path holds 108 bytes with the terminating NUL.
+UNIX_PATH_MAX = 107
+_SOCKET_MODE_RE = re.compile(r"0?[0-7]{3}")
+#: Options that only mean something with a unix socket.
+_UNIX_OPTIONS = ("socket_user", "socket_group", "socket_mode")
 #: Users that must not run the app: root defeats the hardening; nobody is shared with
 #: other services, any of which could then bind the port with SO_REUSEPORT and steal traffic.
 _FORBIDDEN_USERS = ("root", "nobody")
@@ -65,9 +75,11 @@ class UnitOptions:
 
     Empty ``group``, ``config_dir`` and ``release_root`` take their defaults from ``user``
     and ``name``: ``group=user``, ``config_dir=/etc/<name>``, ``release_root=/opt/<name>``.
-    ``host`` and ``port`` go into the socket unit's ListenStream= (socket mode); in
-    reuseport mode the port only decides whether CAP_NET_BIND_SERVICE is needed (< 1024).
-    They, and ``drain_timeout``, must match the instances' config files.
+    ``host`` and ``port`` go into the socket unit's ListenStream= (socket mode), unless
+    ``unix_socket`` names a path to listen on instead (socket mode only); in reuseport mode
+    the port only decides whether CAP_NET_BIND_SERVICE is needed (< 1024). They, and
+    ``drain_timeout``, must match the instances' config files. Types, defaults and ranges
+    come from :data:`sockact.settings.RENDER`.
 
     >>> UnitOptions(name="web").config_dir
     '/etc/web'
@@ -75,17 +87,23 @@ class UnitOptions:
     Raises :class:`sockact.errors.BadInput` with one detail line per problem.
     """
 
-    name: str = "api"
-    user: str = "api"
-    group: str = ""
-    config_dir: str = ""
-    release_root: str = ""
-    listen: str = "reuseport"
-    host: str = "0.0.0.0"
-    port: int = 8080
-    drain_timeout: float = 20.0
-    start_timeout: int = 300
-    watchdog_sec: int = 10
+    name: str = _D["name"]
+    user: str = _D["user"]
+    group: str = _D["group"]
+    config_dir: str = _D["config_dir"]
+    release_root: str = _D["release_root"]
+    listen: str = _D["listen"]
+    host: str = _D["host"]
+    port: int = _D["port"]
+    unix_socket: str = _D["unix_socket"]
+    socket_user: str = _D["socket_user"]
+    socket_group: str = _D["socket_group"]
+    socket_mode: str = _D["socket_mode"]
+    backlog: int = _D["backlog"]
+    drain_timeout: float = _D["drain_timeout"]
+    start_timeout: int = _D["start_timeout"]
+    watchdog_sec: int = _D["watchdog_sec"]
+    limit_nofile: int = _D["limit_nofile"]
 
     def __post_init__(self) -> None:
         # Fill derived defaults; frozen, so through object.__setattr__.
@@ -108,12 +126,21 @@ class UnitOptions:
         """TimeoutStopSec: whole seconds, strictly greater than ``drain_timeout``."""
         return math.floor(self.drain_timeout) + STOP_MARGIN
 
+    @property
+    def needs_bind_capability(self) -> bool:
+        """Reuseport mode binds the port itself: below 1024 that takes CAP_NET_BIND_SERVICE."""
+        return self.listen == "reuseport" and self.port < 1024
+
     def command_line(self) -> str:
-        """The ``sockact units render`` flags that reproduce these options (without --out)."""
+        """The ``sockact units render`` flags that reproduce these options (without --out).
+
+        The unix socket's options are left out when there is no unix socket.
+        """
         parts: list[str] = []
         for f in fields(self):
-            value = getattr(self, f.name)
-            parts += [f"--{f.name.replace('_', '-')}", str(value)]
+            if f.name in ("unix_socket", *_UNIX_OPTIONS) and not self.unix_socket:
+                continue
+            parts += [OPTIONS[f.name].flag, str(getattr(self, f.name))]
         return shlex.join(parts)
 
 
@@ -167,9 +194,14 @@ def _problems(opts: UnitOptions, defaulted: set[str]) -> list[str]:
     if not problems and opts.config_dir == opts.release_root:
         bad("config_dir", opts.config_dir, "must differ from release_root")
 
-    if opts.listen not in LISTEN_MODES:
-        bad("listen", opts.listen, f"must be one of {', '.join(LISTEN_MODES)}")
+    def table(option: str) -> None:
+        """Type, range and choices from the one table of settings."""
+        value = getattr(opts, option)
+        reason = settings.check(OPTIONS[option], value)
+        if reason:
+            bad(option, value, reason)
 
+    table("listen")
     try:
         address = ipaddress.ip_address(opts.host)
     except ValueError:
@@ -177,26 +209,40 @@ def _problems(opts: UnitOptions, defaulted: set[str]) -> list[str]:
     else:
         if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
             bad("host", opts.host, "scoped IPv6 addresses ('%zone') are not supported")
-
-    if not _is_int(opts.port) or not 1 <= opts.port <= 65535:
-        bad("port", opts.port, "must be an integer from 1 to 65535")
-
-    if (
-        not isinstance(opts.drain_timeout, int | float)
-        or isinstance(opts.drain_timeout, bool)
-        or not math.isfinite(opts.drain_timeout)
-        or opts.drain_timeout <= 0
-    ):
-        bad("drain_timeout", opts.drain_timeout, "must be a positive number of seconds")
-    for option in ("start_timeout", "watchdog_sec"):
-        value = getattr(opts, option)
-        if not _is_int(value) or value <= 0:
-            bad(option, value, "must be a positive whole number of seconds")
+    table("port")
+    _unix_problems(opts, bad)
+    for option in ("backlog", "drain_timeout", "start_timeout", "watchdog_sec", "limit_nofile"):
+        table(option)
     return problems
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _unix_problems(opts: UnitOptions, bad: Any) -> None:
+    """The unix socket's path, owner and mode (all ignored without a unix socket)."""
+    path = opts.unix_socket
+    if not isinstance(path, str):
+        bad("unix_socket", path, "must be a string")
+        return
+    if path:
+        if opts.listen != "socket":
+            bad("unix_socket", path, "needs --listen socket (reuseport mode is TCP only)")
+        elif not path.startswith("/"):
+            bad("unix_socket", path, "must be an absolute path (no abstract '@' sockets)")
+        elif not _PATH_RE.fullmatch(path):
+            bad(
+                "unix_socket",
+                path,
+                "only letters, digits and '._+-:/' are allowed (systemd interprets the rest)",
+            )
+        elif posixpath.normpath(path) != path or path.startswith("//") or path == "/":
+            bad("unix_socket", path, "must be a normalized path to a file")
+        elif len(path.encode()) > UNIX_PATH_MAX:
+            bad("unix_socket", path, f"too long ({len(path.encode())} > {UNIX_PATH_MAX} bytes)")
+    for option in ("socket_user", "socket_group"):
+        value = getattr(opts, option)
+        if not isinstance(value, str) or not _USER_RE.fullmatch(value) or len(value) > USER_MAX:
+            bad(option, value, "not a valid user/group name")
+    if not isinstance(opts.socket_mode, str) or not _SOCKET_MODE_RE.fullmatch(opts.socket_mode):
+        bad("socket_mode", opts.socket_mode, "must be an octal mode such as 0660")
 
 
 def _path_problem(value: object) -> str | None:
@@ -234,7 +280,10 @@ def _environment() -> jinja2.Environment:
 
 
 def listen_stream(opts: UnitOptions) -> str:
-    """The socket unit's ListenStream=: the port alone for a wildcard host."""
+    """The socket unit's ListenStream=: a unix socket path, or the port alone for a
+    wildcard host, or address:port."""
+    if opts.unix_socket:
+        return opts.unix_socket
     address = ipaddress.ip_address(opts.host)
     if address.is_unspecified:
         return str(opts.port)
@@ -250,17 +299,17 @@ def render_units(opts: UnitOptions) -> dict[str, str]:
     ['api.service', 'api.socket', 'api@.service']
     """
     env = _environment()
+    host = layout.HostLayout(opts.name, opts.config_dir, opts.release_root)
     context: dict[str, Any] = {
         "o": opts,
         "command_line": opts.command_line(),
         "stop_timeout": opts.stop_timeout,
         "drain_display": f"{opts.drain_timeout:g}",
-        "needs_bind_capability": opts.listen == "reuseport" and opts.port < 1024,
+        "needs_bind_capability": opts.needs_bind_capability,
         "listen_stream": listen_stream(opts),
         "socket_name": layout.SOCKET_NAME,
-        "layout": layout.HostLayout(opts.name, opts.config_dir, opts.release_root),
+        "layout": host,
     }
-    host = layout.HostLayout(opts.name, opts.config_dir, opts.release_root)
     templates = {host.instance_unit_file: "instance.service.j2"}
     if opts.listen == "socket":
         templates[host.socket_unit] = "socket.socket.j2"
@@ -274,36 +323,166 @@ def render_units(opts: UnitOptions) -> dict[str, str]:
 
 
 def write_units(opts: UnitOptions, out: Path) -> list[Path]:
-    """Render every file, then write each atomically (temp file + rename) into ``out``.
+    """Render every file, then write them all into ``out`` or none (see :func:`write_all`)."""
+    return write_all(out, render_units(opts))
 
-    Nothing is written if rendering fails. ``out`` is created if missing.
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if text.isprintable() else ascii(text)
+
+
+def _fail(what: str, path: Path, exc: OSError) -> BadInput:
+    reason = exc.strerror or type(exc).__name__
+    return BadInput(f"--out {_shown(path)}: cannot {what}: {reason}; nothing was written")
+
+
+def write_all(out: Path, files: dict[str, str], mode: int = 0o644) -> list[Path]:
+    """Write every file of ``files`` (name -> content) into ``out``, or none of them.
+
+    The guarantee: when this raises, every target holds what it held before (or is still
+    absent) and nothing this run made is left behind, unless the process is killed during
+    the final renames or restoring a file fails too (the message then names the files).
+
+    How: ``out`` is created if missing; every target is checked first (a directory in the
+    way is refused before anything is written); all files are written and fsynced into a
+    temporary directory inside ``out``; each existing target is hard-linked aside; then
+    each file is renamed over its target (atomic per file). If a rename fails, the targets
+    already replaced are restored from their links (or removed when they were new).
     """
-    rendered = render_units(opts)
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {str(out)!r} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for file_name, content in rendered.items():
-        target = out / file_name
-        fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{file_name}.", suffix=".tmp")
+    created = _make_dirs(out)
+    try:
+        return _write_all(out, files, mode)
+    except BaseException:
+        for directory in reversed(created):
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _make_dirs(out: Path) -> list[Path]:
+    """Create ``out`` and its missing parents; returns those created, outermost first."""
+    missing: list[Path] = []
+    probe = out
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not missing and not out.is_dir():
+        raise BadInput(f"--out {_shown(out)} exists and is not a directory")
+    created: list[Path] = []
+    for directory in reversed(missing):
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-                tmp.write(content)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        written.append(target)
-    return written
+            directory.mkdir()
+        except OSError as exc:
+            for made in reversed(created):
+                made.rmdir()
+            raise _fail(f"create directory {_shown(directory)}", out, exc) from None
+        created.append(directory)
+    return created
+
+
+def _write_all(out: Path, files: dict[str, str], mode: int) -> list[Path]:
+    targets = {name: out / name for name in files}
+    for target in targets.values():
+        try:
+            st = target.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise _fail(f"check {target.name}", out, exc) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise BadInput(
+                f"--out {_shown(out)}: {target.name} is a directory; nothing was written"
+            )
+    try:
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".sockact-render-"))
+    except OSError as exc:
+        raise _fail("write into it", out, exc) from None
+    try:
+        backups: dict[str, Path] = {}
+        try:
+            for name, content in files.items():
+                _write_synced(staging / name, content, mode)
+            for name, target in targets.items():
+                if os.path.lexists(target):
+                    backups[name] = staging / f"{name}.previous"
+                    os.link(target, backups[name], follow_symlinks=False)
+        except OSError as exc:
+            raise _fail("write the files", out, exc) from None
+        done: list[str] = []
+        for name, target in targets.items():
+            try:
+                os.replace(staging / name, target)
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                left = _roll_back(done, targets, backups)
+                state = (
+                    "nothing was changed"
+                    if not left
+                    else f"could not restore {', '.join(left)}: check them"
+                )
+                raise BadInput(
+                    f"--out {_shown(out)}: cannot replace {name}: {reason}; {state}"
+                ) from None
+            done.append(name)
+        _sync_dir(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return list(targets.values())
+
+
+def _write_synced(path: Path, content: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(path, mode)  # whatever the umask
+
+
+def _roll_back(done: list[str], targets: dict[str, Path], backups: dict[str, Path]) -> list[str]:
+    """Put back what the renames in ``done`` replaced; returns the names that failed."""
+    failed: list[str] = []
+    for name in reversed(done):
+        try:
+            if name in backups:
+                os.replace(backups[name], targets[name])
+            else:
+                targets[name].unlink()
+        except OSError:
+            failed.append(name)
+    return failed
+
+
+def _sync_dir(directory: Path) -> None:
+    """fsync ``directory`` so the renames survive a crash (best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # --- command line --------------------------------------------------------------------
 
-_INT_OPTIONS = ("port", "start_timeout", "watchdog_sec")
-_FLOAT_OPTIONS = ("drain_timeout",)
+_METAVARS = {
+    "drain_timeout": "SECONDS",
+    "start_timeout": "SECONDS",
+    "watchdog_sec": "SECONDS",
+    "config_dir": "DIR",
+    "release_root": "DIR",
+    "unix_socket": "PATH",
+    "socket_mode": "MODE",
+}
 
 
 def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -314,7 +493,6 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description="Work with the systemd unit files that run sockact instances.",
     )
     units_sub = units.add_subparsers(dest="units_command", required=True, metavar="ACTION")
-    defaults = UnitOptions()
     render = units_sub.add_parser(
         "render",
         help="write the unit files for one API name and listen mode",
@@ -322,8 +500,9 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "Write <name>@.service plus, in reuseport mode, the sysctl drop-in "
             "60-<name>-reuseport.conf, or, in socket mode, <name>.socket and its holder "
             "<name>.service. All options are checked at once; nothing is written when one "
-            "is wrong. Values that sockact serve reads (port, drain_timeout) must match "
-            "the instances' config files."
+            "is wrong, and either every file is written or none. Values that sockact serve "
+            "reads (host, port, backlog, drain_timeout) must match the instances' config "
+            "files; 'sockact settings' prints every option's type, default and range."
         ),
         epilog=(
             "Example: sockact units render --out /etc/systemd/system --listen socket; "
@@ -333,75 +512,40 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     render.add_argument(
         "--out", required=True, metavar="DIR", help="directory to write into (created if missing)"
     )
-    render.add_argument(
-        "--name",
-        default=defaults.name,
-        help="unit name prefix: <name>@.service (default %(default)s)",
-    )
-    render.add_argument(
-        "--user",
-        default=defaults.user,
-        help="static system user every instance runs as (default %(default)s)",
-    )
-    render.add_argument("--group", default="", help="group (default: same as --user)")
-    render.add_argument("--config-dir", default="", help="config directory (default /etc/<name>)")
-    render.add_argument(
-        "--release-root", default="", help="releases and instance links (default /opt/<name>)"
-    )
-    render.add_argument(
-        "--listen",
-        default=defaults.listen,
-        help="reuseport: each instance binds with SO_REUSEPORT; socket: systemd holds the "
-        f"port in <name>.socket (one of: {', '.join(LISTEN_MODES)}; default %(default)s)",
-    )
-    render.add_argument(
-        "--host",
-        default=defaults.host,
-        help="listen address for the socket unit (default %(default)s: all addresses)",
-    )
-    render.add_argument(
-        "--port", default=str(defaults.port), help="main port (default %(default)s)"
-    )
-    render.add_argument(
-        "--drain-timeout",
-        default=str(defaults.drain_timeout),
-        metavar="SECONDS",
-        help="the instances' drain_timeout; TimeoutStopSec is this plus "
-        f"{STOP_MARGIN} s, rounded down (default %(default)s)",
-    )
-    render.add_argument(
-        "--start-timeout",
-        default=str(defaults.start_timeout),
-        metavar="SECONDS",
-        help="TimeoutStartSec, room for the warm-up (default %(default)s)",
-    )
-    render.add_argument(
-        "--watchdog-sec",
-        default=str(defaults.watchdog_sec),
-        metavar="SECONDS",
-        help="WatchdogSec (default %(default)s)",
-    )
+    for f in fields(UnitOptions):
+        option = OPTIONS[f.name]
+        render.add_argument(
+            option.flag,
+            dest=f.name,
+            default=None,
+            metavar=_METAVARS.get(f.name, f.name.upper()),
+            help=option.help_text(settings.RENDER_SIDE),
+        )
     render.set_defaults(func=render_command)
 
 
 def options_from_args(args: argparse.Namespace) -> UnitOptions:
-    """Build :class:`UnitOptions` from parsed flags, reporting every bad one at once."""
+    """Build :class:`UnitOptions` from parsed flags, reporting every bad one at once.
+
+    Numbers are parsed by the table's rules (ASCII digits, finite, in range); a flag that
+    was not given takes the table's default.
+    """
     values: dict[str, Any] = {}
     problems: list[str] = []
-    defaults = UnitOptions()
     for f in fields(UnitOptions):
+        option = OPTIONS[f.name]
         raw = getattr(args, f.name)
-        if f.name in _INT_OPTIONS or f.name in _FLOAT_OPTIONS:
-            convert = int if f.name in _INT_OPTIONS else float
-            try:
-                values[f.name] = convert(raw)
-            except ValueError:
-                kind = "an integer" if convert is int else "a number"
-                problems.append(f"{f.name}={raw!r}: must be {kind}")
-                # Keep checking the other options against a valid stand-in.
-                values[f.name] = getattr(defaults, f.name)
-        else:
+        if raw is None:
+            values[f.name] = option.default
+        elif option.type is str:
             values[f.name] = raw
+        else:
+            try:
+                values[f.name] = settings.parse(option, raw)
+            except settings.Invalid as exc:
+                problems.append(f"{f.name}={raw!r}: {exc}")
+                # Keep checking the other options against a valid stand-in.
+                values[f.name] = option.default
     try:
         opts = UnitOptions(**values)
     except BadInput as exc:

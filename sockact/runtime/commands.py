@@ -17,11 +17,11 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "settings", "each also as a TOML key or as SOCKACT_<KEY>; flags win over env over file"
     )
-    for key, (_parse, help_text) in SETTINGS.items():
+    for key, setting in SETTINGS.items():
         # Flags are passed as strings and converted by config.load, so a bad flag is
         # reported like a bad file value, together with every other problem.
         group.add_argument(
-            "--" + key.replace("_", "-"), dest=key, metavar=key.upper(), help=help_text
+            setting.flag, dest=key, metavar=key.upper(), help=setting.help_text("serve")
         )
 
 
@@ -55,9 +55,10 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Run one instance of a WSGI app. Order: admin server up (/live, /ready, /metrics), "
             "app factory and warm-up, main listener (inherited from systemd or SO_REUSEPORT), "
-            "READY=1. SIGTERM/SIGINT drain: stop accepting, finish in-flight requests, "
-            "answer with Connection: close, close idle keep-alive connections after "
-            "idle_grace; a second signal exits at once."
+            "READY=1. SIGTERM/SIGINT/SIGQUIT drain: stop accepting, finish in-flight and "
+            "pipelined requests, answer the last with Connection: close, close idle "
+            "keep-alive connections after idle_grace; a second stop signal exits 130 at once. "
+            "SIGHUP/SIGUSR1/SIGUSR2 are logged and ignored."
         ),
         epilog="example: sockact serve --app sockact_demo:create_app "
         "--warmup sockact_demo:warmup --instance 1 --port 8080",

@@ -7,201 +7,155 @@ from, before anything binds::
     $ SOCKACT_PORT=http sockact check-config --config api.toml --instance 0
     sockact: error: 2 problems in the configuration
     sockact: error: port = 'http' (env SOCKACT_PORT): not an integer
-    sockact: error: instance = 0 (flag --instance): must be >= 1
+    sockact: error: instance = '0' (flag --instance): must be between 1 and 65535
+
+What is valid (type, default, range of each key) is the one table in
+:mod:`sockact.settings`; this module reads the sources and checks the combination.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
+import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sockact import layout
+from sockact import layout, settings
 from sockact.errors import BadInput
 
 ENV_PREFIX = "SOCKACT_"
-LOG_LEVELS = ("debug", "info", "warning", "error")
-_TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: A config file holds a few dozen short lines; anything bigger is a mistake (a log file,
+#: a device), refused before it is read.
+MAX_CONFIG_BYTES = 1 << 20
 
-
-class _Invalid(ValueError):
-    """A value that does not convert; the message completes 'key = value (source): ...'."""
-
-
-def _parse_int(raw: Any) -> int:
-    if isinstance(raw, bool):
-        raise _Invalid("not an integer")
-    if isinstance(raw, int):
-        return raw
-    if isinstance(raw, str) and re.fullmatch(r"[+-]?\d+", raw.strip()):
-        return int(raw.strip())
-    raise _Invalid("not an integer")
-
-
-def _parse_float(raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise _Invalid("not a number")
-    if isinstance(raw, int | float):
-        return float(raw)
-    if isinstance(raw, str):
-        try:
-            return float(raw.strip())
-        except ValueError:
-            pass
-    raise _Invalid("not a number")
-
-
-def _parse_bool(raw: Any) -> bool:
-    # Strict on purpose: a typo must not silently become False.
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str):
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-    raise _Invalid("not a boolean (use true/false, yes/no, on/off or 1/0)")
-
-
-def _parse_str(raw: Any) -> str:
-    if not isinstance(raw, str):
-        raise _Invalid("not a string")
-    return raw.strip()
-
-
-def _parse_target(raw: Any) -> str:
-    value = _parse_str(raw)
-    if not _TARGET_RE.match(value):
-        raise _Invalid("must look like 'package.module:callable'")
-    return value
-
-
-def _parse_optional_target(raw: Any) -> str | None:
-    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-        return None
-    return _parse_target(raw)
-
-
-def _parse_path(raw: Any) -> str:
-    value = _parse_str(raw)
-    if not value.startswith("/") or any(c.isspace() for c in value):
-        raise _Invalid("must start with / and contain no whitespace")
-    return value
-
-
-def _parse_host(raw: Any) -> str:
-    value = _parse_str(raw)
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", value):
-            raise _Invalid("not an IP address or host name") from None
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def parse(raw: Any) -> str:
-        value = _parse_str(raw).lower()
-        if value not in options:
-            raise _Invalid("must be one of " + ", ".join(options))
-        return value
-
-    return parse
+#: key -> its entry in the one table of settings (sockact/settings.py)
+SETTINGS = settings.SERVE
+_D = {key: s.default for key, s in SETTINGS.items()}
 
 
 @dataclass(frozen=True)
 class Config:
-    """Settings of one ``sockact serve`` instance (see README.md, "Settings")."""
+    """Settings of one ``sockact serve`` instance (see README.md, "Settings").
+
+    Defaults come from :data:`sockact.settings.TABLE`, where they are written once.
+    """
 
     app: str
     instance: int
-    warmup: str | None = None
-    host: str = "0.0.0.0"
-    port: int = 8080
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 0  # 0 means 9000 + instance, resolved by load()
-    listen: str = "auto"
-    socket_name: str = layout.SOCKET_NAME
-    threads: int = 8
-    backlog: int = 1024
-    connection_limit: int = 1000
-    drain_timeout: float = 20.0
-    idle_grace: float = 1.0
-    warmup_timeout: float = 300.0
-    require_migrate_req: bool = False
-    log_level: str = "info"
-    check_path: str = "/"
+    warmup: str | None = _D["warmup"]
+    host: str = _D["host"]
+    port: int = _D["port"]
+    admin_host: str = _D["admin_host"]
+    admin_port: int = _D["admin_port"]  # 0 means 9000 + instance, resolved by load()
+    listen: str = _D["listen"]
+    socket_name: str = _D["socket_name"]
+    threads: int = _D["threads"]
+    backlog: int = _D["backlog"]
+    connection_limit: int = _D["connection_limit"]
+    drain_timeout: float = _D["drain_timeout"]
+    idle_grace: float = _D["idle_grace"]
+    warmup_timeout: float = _D["warmup_timeout"]
+    require_migrate_req: bool = _D["require_migrate_req"]
+    log_level: str = _D["log_level"]
+    check_path: str = _D["check_path"]
+    check_status: str = _D["check_status"]
     #: key -> where its value came from ("default", "file api.toml", "env SOCKACT_PORT", ...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
-#: key -> (converter, help text); the table that drives files, env and flags alike
-SETTINGS: dict[str, tuple[Callable[[Any], Any], str]] = {
-    "app": (_parse_target, "WSGI app factory, module:callable (required)"),
-    "instance": (_parse_int, "instance number >= 1, systemd's %%i (required)"),
-    "warmup": (_parse_optional_target, "module:function called with the app before listening"),
-    "host": (_parse_host, "address of the main listener (default 0.0.0.0)"),
-    "port": (_parse_int, "port of the main listener (default 8080)"),
-    "admin_host": (_parse_host, "address of the admin server (default 127.0.0.1)"),
-    "admin_port": (_parse_int, "admin port (default 9000 + instance)"),
-    "listen": (_choice(layout.SERVE_LISTEN_MODES), "auto | reuseport | inherit (default auto)"),
-    "socket_name": (_parse_str, "FileDescriptorName of the inherited socket (default http)"),
-    "threads": (_parse_int, "worker threads (default 8)"),
-    "backlog": (_parse_int, "listen() backlog in reuseport mode (default 1024)"),
-    "connection_limit": (_parse_int, "open connections before accept pauses (default 1000)"),
-    "drain_timeout": (_parse_float, "seconds to drain on stop before cutting (default 20)"),
-    "idle_grace": (_parse_float, "seconds idle keep-alive clients get when draining (default 1)"),
-    "warmup_timeout": (_parse_float, "seconds the factory and warm-up may take (default 300)"),
-    "require_migrate_req": (
-        _parse_bool,
-        "refuse to start in reuseport mode when net.ipv4.tcp_migrate_req is 0 (default false)",
-    ),
-    "log_level": (_choice(LOG_LEVELS), "debug | info | warning | error (default info)"),
-    "check_path": (
-        _parse_path,
-        "path the admin /check endpoint requests from the app in-process (default /)",
-    ),
-}
+class _FileProblem(Exception):
+    """Why a config file cannot be read; completes 'config file <path>: ...'."""
 
-_RANGES: dict[str, tuple[float, float]] = {
-    "instance": (1, 65535),
-    "port": (1, 65535),
-    "admin_port": (1, 65535),
-    "threads": (1, 1024),
-    "backlog": (1, 65535),
-    "connection_limit": (2, 1_000_000),
-    "drain_timeout": (0.1, 86400),
-    "idle_grace": (0, 3600),
-    "warmup_timeout": (0.1, 86400),
-}
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return f"not a regular file ({kind})" if kind != "not a regular file" else kind
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; never blocks on a FIFO or a device, never reads more than the limit.
+
+    stat() first (it opens nothing), then open with O_NONBLOCK and check again on the open
+    file, in case the path was swapped in between.
+    """
+    try:
+        before = os.stat(path)
+        problem = _not_regular(before.st_mode)
+        if problem:
+            raise _FileProblem(problem)
+        if before.st_size > MAX_CONFIG_BYTES:
+            raise _FileProblem(f"too large ({before.st_size} bytes > {MAX_CONFIG_BYTES})")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            problem = _not_regular(os.fstat(fd).st_mode)
+            if problem:
+                raise _FileProblem(problem)
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_CONFIG_BYTES:
+                chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise _FileProblem(f"too large (more than {MAX_CONFIG_BYTES} bytes)")
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise _FileProblem("not found") from None
+    except PermissionError:
+        raise _FileProblem("permission denied") from None
+    except ValueError:  # an embedded NUL byte
+        raise _FileProblem("not a usable path") from None
+    except OSError as exc:
+        raise _FileProblem(exc.strerror or type(exc).__name__) from None
 
 
 def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    where = f"config file {_printable(str(path))}"
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        problems.append(f"config file {path}: not found")
+        data = _read_bytes(path)
+    except _FileProblem as exc:
+        problems.append(f"{where}: {exc}")
         return {}
-    except PermissionError:
-        problems.append(f"config file {path}: permission denied")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        problems.append(
+            f"{where}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}, line {line})"
+        )
         return {}
-    except IsADirectoryError:
-        problems.append(f"config file {path}: is a directory")
-        return {}
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        problems.append(f"config file {path}: invalid TOML: {exc}")
+        problems.append(f"{where}: invalid TOML: {exc}")
         return {}
-    for key in sorted(set(data) - set(SETTINGS)):
+    except RecursionError:
+        problems.append(f"{where}: invalid TOML: nested too deeply")
+        return {}
+    for key in sorted(set(doc) - set(SETTINGS)):
         hint = _close_key(key)
-        problems.append(f"config file {path}: unknown key {key!r}{hint}")
-    return {k: v for k, v in data.items() if k in SETTINGS}
+        problems.append(f"{where}: unknown key {key!r}{hint}")
+    return {k: v for k, v in doc.items() if k in SETTINGS}
 
 
 def _close_key(key: str) -> str:
@@ -237,7 +191,7 @@ def load(
     raw: dict[str, tuple[Any, str]] = {}
     if path is not None:
         for key, value in _read_file(path, problems).items():
-            raw[key] = (value, f"file {path}")
+            raw[key] = (value, f"file {_printable(str(path))}")
     for key, value in _read_env(os.environ if env is None else env, problems).items():
         raw[key] = (value, f"env {ENV_PREFIX}{key.upper()}")
     for key, value in (flags or {}).items():
@@ -247,21 +201,14 @@ def load(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key, (value, source) in raw.items():
-        parse = SETTINGS[key][0]
         try:
-            parsed = parse(value)
-        except _Invalid as exc:
-            problems.append(f"{key} = {value!r} ({source}): {exc}")
+            values[key] = settings.parse(SETTINGS[key], value)
+        except settings.Invalid as exc:
+            problems.append(f"{key} = {_shown(value)} ({source}): {exc}")
             continue
-        bounds = _RANGES.get(key)
-        if bounds and parsed is not None and not bounds[0] <= parsed <= bounds[1]:
-            low, high = (int(b) if float(b).is_integer() else b for b in bounds)
-            problems.append(f"{key} = {value!r} ({source}): must be between {low} and {high}")
-            continue
-        values[key] = parsed
         sources[key] = source
 
-    for key in ("app", "instance"):
+    for key in (k for k, s in SETTINGS.items() if s.required):
         if key not in raw:
             problems.append(
                 f"{key}: required (set it in the config file, as {ENV_PREFIX}{key.upper()} "
@@ -295,11 +242,11 @@ def _summary(problems: list[str]) -> str:
 
 def _cross_checks(cfg: Config) -> list[str]:
     problems = []
-    same_host = cfg.admin_host == cfg.host or "0.0.0.0" in (cfg.host, cfg.admin_host)
-    if cfg.admin_port == cfg.port and same_host:
+    if cfg.admin_port == cfg.port and may_overlap(cfg.host, cfg.admin_host):
         problems.append(
             f"admin_port = {cfg.admin_port} ({cfg.sources['admin_port']}) is the main port "
-            f"({cfg.sources['port']}): the admin server needs a port of its own"
+            f"({cfg.sources['port']}) and admin_host = {cfg.admin_host!r} may be the same "
+            f"address as host = {cfg.host!r}: the admin server needs a port of its own"
         )
     if cfg.idle_grace >= cfg.drain_timeout:
         problems.append(
@@ -309,8 +256,46 @@ def _cross_checks(cfg: Config) -> list[str]:
     return problems
 
 
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def may_overlap(host: str, other: str) -> bool:
+    """Could listeners on ``host`` and ``other`` (same port) collide? Resolves nothing.
+
+    Conservative: a wildcard (``0.0.0.0``, ``::``) overlaps everything (``::`` is dual-stack
+    on Linux); two addresses overlap when they are equal (``::ffff:127.0.0.1`` is
+    ``127.0.0.1``); a host name may resolve to anything, so it overlaps everything, except
+    that ``localhost`` (loopback) cannot be a specific non-loopback address.
+
+    >>> may_overlap("::", "127.0.0.1"), may_overlap("api.example", "10.0.0.1")
+    (True, True)
+    >>> may_overlap("10.0.0.1", "127.0.0.1"), may_overlap("localhost", "10.0.0.1")
+    (False, False)
+    """
+    a, b = _address(host), _address(other)
+    if (a is not None and a.is_unspecified) or (b is not None and b.is_unspecified):
+        return True
+    if a is not None and b is not None:
+        return a == b
+    names = [h.lower().removesuffix(".") for h, ip in ((host, a), (other, b)) if ip is None]
+    address = a if a is not None else b
+    if address is not None and names == ["localhost"]:
+        return address.is_loopback
+    return True
+
+
 def describe(cfg: Config) -> str:
-    """The merged settings as TOML, each line commented with its source."""
+    """The merged settings as TOML, each line commented with its source.
+
+    Always valid TOML, whatever the values (strings are escaped, sources in comments too).
+    """
     lines = []
     for f in fields(Config):
         if f.name == "sources":
@@ -321,12 +306,48 @@ def describe(cfg: Config) -> str:
         elif isinstance(value, bool):
             rendered = f"{f.name} = {'true' if value else 'false'}"
         elif isinstance(value, int | float):
-            rendered = f"{f.name} = {value}"
+            rendered = f"{f.name} = {value!r}"
         else:
             rendered = f"{f.name} = {_toml_str(str(value))}"
-        lines.append(f"{rendered:<40} # {cfg.sources.get(f.name, 'default')}")
+        source = _printable(cfg.sources.get(f.name, "default"))
+        lines.append(f"{rendered:<40} # {source}")
     return "\n".join(lines) + "\n"
 
 
+_TOML_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
 def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: control characters escaped, so it stays on one line."""
+    out = []
+    for c in value:
+        if c in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[c])
+        elif c < " " or c == "\x7f":
+            out.append(f"\\u{ord(c):04x}")
+        elif "\ud800" <= c <= "\udfff":  # no TOML (nor UTF-8) for a lone surrogate
+            out.append("\\ufffd")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _printable(text: str) -> str:
+    """``text`` with anything that would break a line or an encoding escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a problem stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

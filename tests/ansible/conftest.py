@@ -10,20 +10,21 @@ from pathlib import Path
 
 import pytest
 
+from sockact_lab.image import Image
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import BIN, say
-from tests.lab_fixtures import lab_skip_reason
+from tests.lab_fixtures import cannot_run, lab_skip_reason
 from tests.releases import releases as build_releases
 
 
 @pytest.fixture(scope="module")
-def alab() -> Iterator[Lab]:
-    """A lab of 2 hosts for this module only."""
+def alab(lab_image: Image) -> Iterator[Lab]:
+    """A lab of 2 hosts for this module only, fresh Debian 12 hosts of the minimal image."""
     reason = lab_skip_reason()
     if reason:
-        pytest.skip(reason)
+        cannot_run(reason)
     if not (BIN / "ansible-playbook").exists():
-        pytest.skip(f"ansible-playbook not installed next to {sys.executable}")
+        cannot_run(f"ansible-playbook not installed next to {sys.executable}")
     directory = Path(tempfile.mkdtemp(prefix="sockact-lab-ansible-", dir="/var/tmp"))
     the_lab = Lab(directory)
     try:

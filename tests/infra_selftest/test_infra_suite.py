@@ -1,8 +1,9 @@
 """The testinfra suite (tests/infra) passes on a right host and fails on a broken one.
 
-Boots its own two lab hosts, sets them up by hand (no Ansible) with the helpers of
-tests/system/hostsetup.py: host 1 in reuseport mode, host 2 in socket mode, blue instances
-1 and 2 of release 1.0, the record in /etc/api/deploy.json. Then runs
+Boots its own two lab hosts (fresh Debian 12 hosts of the minimal image), sets them up by
+hand (no Ansible) with the helpers of tests/system/hostsetup.py: python3-venv with apt,
+host 1 in reuseport mode, host 2 in socket mode, blue instances 1 and 2 of release 1.0,
+the record in /etc/api/deploy.json. Then runs
 ``pytest tests/infra --hosts=ansible://... --ansible-inventory=<lab inventory>`` as an
 operator would, breaks host 1 in one way per case, and restores it.
 """
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from sockact_lab.image import Image
 from sockact_lab.lab import Host, Lab
-from tests.lab_fixtures import lab_skip_reason
+from tests.lab_fixtures import cannot_run, lab_skip_reason
 from tests.system import hostsetup as hs
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.slow]
@@ -65,6 +67,7 @@ def _record(host: Host, listen: str, digest: str = "") -> str:
 
 def deploy_by_hand(host: Host, wheelhouse: Path, listen: str) -> None:
     """Release, user, units (+ sysctl or socket and holder), blue 1 and 2 up, the record."""
+    hs.ensure_venv_support(host)
     release = hs.install_release(host, VERSION, hs.copy_wheelhouse(host, wheelhouse))
     hs.ensure_user(host)
     host.run("install", "-d", "-m", "0755", hs.CONFIG_DIR)
@@ -82,10 +85,10 @@ def deploy_by_hand(host: Host, wheelhouse: Path, listen: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup() -> Iterator[Setup]:
+def setup(lab_image: Image) -> Iterator[Setup]:
     reason = lab_skip_reason()
     if reason:
-        pytest.skip(reason)
+        cannot_run(reason)
     work = Path(tempfile.mkdtemp(prefix="sockact-infra-selftest-", dir="/var/tmp"))
     lab = Lab(work / "lab")
     try:

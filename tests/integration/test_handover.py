@@ -1,6 +1,6 @@
 """Handover of port 8080 from instance 1 to instance 2 under load, in a network namespace.
 
-Each test makes its own namespace (``sockact-ho-<random>``), so the sysctl
+Each test makes its own namespace (the ``netns`` fixture), so the sysctl
 ``net.ipv4.tcp_migrate_req`` (per namespace) and port 8080 are ours alone. Every process
 runs with ``ip netns exec``; readiness comes over NOTIFY_SOCKET (a unix path socket works
 across network namespaces), so the test never needs to enter the namespace itself.
@@ -11,81 +11,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.integration.support import (
     PYTHON,
     ROOT,
     SOCKACT,
+    Netns,
     NotifySocket,
     ServeFactory,
     clean_env,
-    is_root,
 )
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(not is_root(), reason="needs root: creates a network namespace"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 (ip netns)"),
-]
+pytestmark = [pytest.mark.root]  # the netns fixture needs root (skips, or fails under CI)
 
 MakeNotify = Callable[..., NotifySocket]
 PORT = 8080
-
-
-@dataclass
-class Netns:
-    name: str
-
-    @property
-    def prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
-
-    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.prefix, *argv], capture_output=True, text=True, timeout=timeout, check=False
-        )
-
-    def set_migrate_req(self, value: int) -> None:
-        path = "/proc/sys/net/ipv4/tcp_migrate_req"
-        res = self.run("sh", "-c", f"echo {value} > {path} && cat {path}")
-        if res.returncode != 0 and "No such file" in res.stderr:
-            pytest.skip("kernel without net.ipv4.tcp_migrate_req (Linux < 5.14)")
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.strip() == str(value)
-
-    def pids(self) -> list[int]:
-        res = subprocess.run(
-            ["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False
-        )
-        return [int(p) for p in res.stdout.split()]
-
-
-@pytest.fixture
-def netns() -> Iterator[Netns]:
-    ns = Netns(f"sockact-ho-{secrets.token_hex(4)}")
-    subprocess.run(["ip", "netns", "add", ns.name], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns.name, "link", "set", "lo", "up"], check=True)
-        yield ns
-    finally:
-        # Only processes this test started live in its namespace; stop any left, by PID.
-        for pid in ns.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", ns.name], check=False)
 
 
 class ProbeProc:
@@ -176,8 +126,15 @@ def _handover(
     notify_socket: MakeNotify,
     probe_runner: Callable[..., ProbeProc],
     migrate_req: int,
+    backlog: float = 0.0,
 ) -> dict[str, Any]:
-    """A serves, load starts, B warms up and is READY, A drains and exits; the report."""
+    """A serves, load starts, B warms up and is READY, A drains and exits; the report.
+
+    With ``backlog`` (seconds), A is frozen (SIGSTOP) that long before its SIGTERM, so
+    connections the kernel hands to A pile up in its accept queue, as they do on a busy
+    host: the queue that tcp_migrate_req decides about. Without it, whether any
+    connection waits in A's queue at the moment it closes is luck.
+    """
     netns.set_migrate_req(migrate_req)
     na, nb = notify_socket("a.sock"), notify_socket("b.sock")
     a = serve.start(
@@ -203,7 +160,12 @@ def _handover(
     )
     nb.wait_for("READY", "1", timeout=20)
     time.sleep(0.5)  # both serve for a moment
+    if backlog:
+        a.signal(signal.SIGSTOP)
+        time.sleep(backlog)
     a.signal(signal.SIGTERM)
+    if backlog:
+        a.signal(signal.SIGCONT)
     assert a.wait_exit(25) == 0, a.output()
     time.sleep(1.5)  # load on B alone after the handover
     report = probe.stop()
@@ -212,7 +174,7 @@ def _handover(
     assert b.wait_exit(25) == 0, b.output()
 
     sys.stdout.write(
-        f"\nhandover tcp_migrate_req={migrate_req}: total={report['total']} "
+        f"\nhandover tcp_migrate_req={migrate_req} backlog={backlog}: total={report['total']} "
         f"ok={report['ok']} failed={report['failed']} failures="
         f"{ {k: v for k, v in report['failures'].items() if v} } "
         f"per_instance={_per_instance(report)} max_ms={report['latency_ms']['max']} "
@@ -235,19 +197,29 @@ def test_handover_with_migrate_req_loses_nothing(
     assert set(per_instance) <= {"1", "2"}, per_instance
 
 
-def test_handover_without_migrate_req_reports_cost(
+@pytest.mark.parametrize("migrate_req", [0, 1])
+def test_handover_of_a_backlogged_instance(
     netns: Netns,
     notify_socket: MakeNotify,
     serve: ServeFactory,
     probe_runner: Callable[..., ProbeProc],
+    migrate_req: int,
 ) -> None:
-    """Same handover with tcp_migrate_req=0: prints what it costs (racy, so no > 0 check)."""
-    report = _handover(netns, serve, notify_socket, probe_runner, migrate_req=0)
-    assert report["total"] > 1000, report["total"]
+    """Connections queued on the old instance's listener when it closes: with
+    tcp_migrate_req=0 the kernel resets them (what the sysctl is for); with 1 they move
+    to the new instance and nothing fails."""
+    report = _handover(netns, serve, notify_socket, probe_runner, migrate_req, backlog=1.0)
+    assert report["total"] > 500, report["total"]
     per_instance = _per_instance(report)
     assert per_instance.get("1", 0) > 0 and per_instance.get("2", 0) > 0, per_instance
-    # Whatever failed must be a lost queued connection, not a server error.
-    assert report["failures"]["http_5xx"] == 0, report["failures"]
+    failures = {kind: n for kind, n in report["failures"].items() if n}
+    if migrate_req == 0:
+        # the new-connection clients wait in A's queue after a 1 s freeze (3-6 were reset
+        # in 20 runs here); any reset proves the point
+        assert failures.get("reset", 0) >= 1, (failures, report["error_samples"])
+        assert set(failures) == {"reset"}, (failures, report["error_samples"])
+    else:
+        assert failures == {}, (failures, report["error_samples"])
 
 
 _KERNEL_SCRIPT = textwrap.dedent(
@@ -295,7 +267,7 @@ def test_kernel_resets_queue_of_closed_reuseport_listener_unless_migrate_req(
 ) -> None:
     """Why the sysctl matters: 50 queued connections, two SO_REUSEPORT listeners, close one.
 
-    DESIGN.md measured 25 reset with 0 and none with 1.
+    docs/design.md: 25 were reset with 0 and none with 1.
     """
     netns.set_migrate_req(migrate_req)
     res = netns.run(PYTHON, "-c", _KERNEL_SCRIPT)

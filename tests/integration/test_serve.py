@@ -10,46 +10,30 @@ import signal
 import socket
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-import pytest
-
-from tests.integration.conftest import (
+from tests.integration.support import (
     SOCKACT,
     NotifySocket,
+    PortWatch,
     RawConn,
     ServeFactory,
-    ServeProc,
     clean_env,
     connect_state,
     free_port_pair,
-    http_get,
     http_json,
+    in_flight,
     json_of,
     listening_inodes,
     poll,
     socket_fds,
 )
+from tests.needs import need_tool
 
-SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"
 MakeNotify = Callable[..., NotifySocket]
-
-
-def _watch_connects(port: int, stop: threading.Event, seen: list[str]) -> threading.Thread:
-    """Try connect() to ``port`` every 20 ms until ``stop``; record each distinct result."""
-
-    def run() -> None:
-        while not stop.is_set():
-            seen.append(connect_state(port, timeout=0.5))
-            time.sleep(0.02)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
 
 
 # -- 1. admin first, main port only when warm --------------------------------------------
@@ -78,15 +62,11 @@ def test_admin_answers_while_main_port_refuses_during_warmup(serve: ServeFactory
 
 
 def test_warmup_failure_exits_3_and_never_opens_main_port(serve: ServeFactory) -> None:
-    sp = serve.start(warmup=1, env={"DEMO_FAIL": "1"})
-    stop = threading.Event()
-    seen: list[str] = []
-    watcher = _watch_connects(sp.port, stop, seen)
-    try:
+    port, admin_port = free_port_pair()
+    with PortWatch(port) as watch:
+        sp = serve.start(port=port, admin_port=admin_port, warmup=1, env={"DEMO_FAIL": "1"})
         code = sp.wait_exit(20)
-    finally:
-        stop.set()
-        watcher.join(2)
+    seen = watch.results
     assert code == 3, sp.output()
     errors = [line for line in sp.stderr().splitlines() if line.startswith("sockact: error:")]
     assert len(errors) == 1, sp.output()
@@ -111,7 +91,7 @@ def test_sigterm_drains_inflight_idle_and_new_requests(serve: ServeFactory) -> N
     assert idle.get("/")[0] == 200
     slow = RawConn(sp.port)
     slow.send_get("/slow?ms=2000")
-    poll("/slow in flight", lambda: _in_flight(sp), 5)
+    poll("/slow in flight", lambda: in_flight(sp), 5)
 
     sp.signal(signal.SIGTERM)
     sp.wait_phase("draining", timeout=3)
@@ -136,11 +116,6 @@ def test_sigterm_drains_inflight_idle_and_new_requests(serve: ServeFactory) -> N
     assert connect_state(sp.admin_port) == "refused"
 
 
-def _in_flight(sp: ServeProc) -> bool:
-    _status, _headers, body = http_get(sp.admin_port, "/metrics", timeout=1)
-    return 'sockact_requests_in_flight{instance="1"} 1' in body.decode()
-
-
 # -- 4. second signal ------------------------------------------------------------------
 
 
@@ -149,7 +124,7 @@ def test_second_sigterm_during_drain_exits_130_at_once(serve: ServeFactory) -> N
     sp.wait_ready()
     slow = RawConn(sp.port)
     slow.send_get("/slow?ms=30000")
-    poll("/slow in flight", lambda: _in_flight(sp), 5)
+    poll("/slow in flight", lambda: in_flight(sp), 5)
     sp.signal(signal.SIGTERM)
     sp.wait_phase("draining", timeout=3)
     time.sleep(0.2)  # still draining: the /slow request holds it (checked below)
@@ -164,8 +139,9 @@ def test_second_sigterm_during_drain_exits_130_at_once(serve: ServeFactory) -> N
 # -- 5. socket activation ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(not os.path.exists(SOCKET_ACTIVATE), reason="systemd-socket-activate missing")
 def test_inherit_mode_under_systemd_socket_activate(serve: ServeFactory) -> None:
+    activate = need_tool("systemd-socket-activate", "systemd")
+    ss = need_tool("ss", "iproute2")
     port, admin_port = free_port_pair()
     sp = serve.start(
         "--listen",
@@ -173,7 +149,7 @@ def test_inherit_mode_under_systemd_socket_activate(serve: ServeFactory) -> None
         port=port,
         admin_port=admin_port,
         warmup=2,
-        prefix=[SOCKET_ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=http"],
+        prefix=[activate, "-l", f"127.0.0.1:{port}", "--fdname=http"],
     )
     # systemd-socket-activate listens first and execs sockact on the first connection.
     inodes = poll("the activation socket", lambda: listening_inodes(port), 10)
@@ -201,12 +177,12 @@ def test_inherit_mode_under_systemd_socket_activate(serve: ServeFactory) -> None
     # and no second listener on the port.
     assert listening_inodes(port) == {inode}
     assert socket_fds(sp.pid).get(3) == inode
-    ss = subprocess.run(
-        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=False
+    shown = subprocess.run(
+        [ss, "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=False
     )
-    if ss.returncode == 0:
-        assert ss.stdout.count("\n") == 1, ss.stdout
-        assert f"pid={sp.pid},fd=3" in ss.stdout, ss.stdout
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("\n") == 1, shown.stdout
+    assert f"pid={sp.pid},fd=3" in shown.stdout, shown.stdout
 
     sp.signal(signal.SIGTERM)
     assert sp.wait_exit(10) == 0, sp.output()
@@ -326,39 +302,7 @@ def test_check_config_and_print_config(tmp_path: Path) -> None:
     assert re.search(r"^backlog = 1024 +# default$", out, re.M), out
 
 
-# -- 7. metrics ---------------------------------------------------------------------------
-
-
-def _metric(text: str, name: str, labels: str) -> float | None:
-    m = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else None
-
-
-def test_metrics_count_requests_and_phase(serve: ServeFactory) -> None:
-    sp = serve.start(warmup=0.2)
-    sp.wait_ready()
-    ok = 'instance="1",status="200"'
-
-    def metrics() -> str:
-        return http_get(sp.admin_port, "/metrics")[2].decode()
-
-    def reaches(labels: str, want: float) -> Callable[[], bool]:
-        # a request is counted right after its response is written: poll, briefly
-        return lambda: _metric(metrics(), "sockact_requests_total", labels) == want
-
-    assert _metric(metrics(), "sockact_requests_total", ok) is None  # nothing served yet
-    for _ in range(5):
-        assert http_get(sp.port, "/")[0] == 200
-    poll("5 requests counted", reaches(ok, 5), 2)
-    text = metrics()
-    assert _metric(text, "sockact_phase", 'instance="1",phase="ready"') == 1, text
-    assert _metric(text, "sockact_phase", 'instance="1",phase="warming"') == 0, text
-    for _ in range(3):
-        assert http_get(sp.port, "/slow?ms=1")[0] == 200
-    poll("8 requests counted", reaches(ok, 8), 2)
-    assert http_get(sp.port, "/slow?ms=x")[0] == 400
-    poll("one 400 counted", reaches('instance="1",status="400"', 1), 2)
-    assert _metric(metrics(), "sockact_requests_total", ok) == 8
+# -- 7. metrics: tests/integration/test_metrics.py ------------------------------------
 
 
 # -- 8. sd_notify with a real NOTIFY_SOCKET -------------------------------------------------

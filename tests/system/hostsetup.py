@@ -4,7 +4,8 @@ Small helpers, each one step of the role, for the system tests (and anyone else)
 
 * :func:`build_wheelhouse` once per session on the controller: sockact, the locked
   dependencies and the demo app at each version (tests/releases.py);
-* :func:`copy_wheelhouse` into a host, :func:`install_release` a venv per version from it
+* :func:`ensure_venv_support` (python3-venv with apt on a bare host, as provisioning does),
+  :func:`copy_wheelhouse` into a host, :func:`install_release` a venv per version from it
   (``pip install --no-index --find-links``, the demo at that version), with its
   ``release.json`` (label, and the digest the installed venv reports);
 * :func:`ensure_user` (the static ``api`` user), :func:`write_instance` (``<i>.toml``,
@@ -89,6 +90,19 @@ def copy_wheelhouse(host: Host, wheelhouse: Path) -> str:
         shutil.rmtree(target)
     shutil.copytree(wheelhouse, target)
     return WHEELHOUSE_IN_HOST
+
+
+def ensure_venv_support(host: Host) -> None:
+    """What provisioning installs on a bare Debian host for the release venvs
+    (python3-venv, with apt: through the lab's proxy on a minimal-image host); nothing on
+    a host whose python3 makes venvs already (a clone of this machine)."""
+    if host.run("/usr/bin/python3", "-c", "import ensurepip", check=False).returncode == 0:
+        return
+    sh(
+        host,
+        "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q -y install python3-venv",
+        timeout=900,
+    )
 
 
 def install_release(host: Host, version: str, wheelhouse: str = WHEELHOUSE_IN_HOST) -> str:

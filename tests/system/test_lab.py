@@ -1,4 +1,5 @@
-"""The lab boots real systemd hosts reachable over ssh, each in its own netns."""
+"""The lab boots real systemd hosts reachable over ssh, each in its own netns: clone hosts
+(the session's ``lab``) and hosts of the minimal image (their own labs, torn down here)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from sockact_lab import aptproxy
+from sockact_lab.image import Image
 from sockact_lab.lab import Host, Lab
-from tests.lab_fixtures import LAB_HOSTS, lab_skip_reason
+from tests.lab_fixtures import LAB_HOSTS, cannot_run, lab_skip_reason
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.slow]
 
@@ -127,16 +132,27 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_down_leaves_no_mount_netns_veth_or_process() -> None:
+def test_down_leaves_no_mount_netns_veth_or_process(lab_image: Image) -> None:
     reason = lab_skip_reason()
     if reason:
-        pytest.skip(reason)
+        cannot_run(reason)
     directory = Path(tempfile.mkdtemp(prefix="sockact-lab-pytest-down-", dir="/var/tmp"))
     lab = Lab(directory)
     try:
         (host,) = lab.up(1)
         assert _alive(host.nspawn_pid) and _alive(host.init_pid)
         assert _mounts_under(directory)
+        proxy = lab.info()["apt_proxy_pid"]
+        assert proxy and aptproxy.is_proxy(proxy, str(directory))
+        # a fresh Debian 12 of the image: python3 without venv, nothing of this machine
+        assert host.run("cat", "/etc/debian_version").stdout.startswith("12.")
+        venv = host.run("/usr/bin/python3", "-m", "venv", "/tmp/v", check=False)
+        assert venv.returncode != 0 and "ensurepip is not" in venv.stdout + venv.stderr
+        for path in (REPO, Path(sys.executable), "/usr/bin/gcc"):
+            assert host.run("test", "-e", str(path), check=False).returncode != 0, path
+        # the image is the read-only lower layer: the host's files land in its upper one
+        assert (directory / host.name / "upper/etc/hostname").read_text().strip() == host.name
+        assert (lab_image.rootfs / "etc/hostname").read_text().strip() == "localhost"
     finally:
         lab.down(purge=True)
     assert not _mounts_under(directory)
@@ -145,6 +161,42 @@ def test_down_leaves_no_mount_netns_veth_or_process() -> None:
     assert f"sa{host.index}h" not in links and f"sa{host.index}c" not in links
     assert not _alive(host.nspawn_pid)
     assert not _alive(host.init_pid)
+    assert not _alive(proxy)
     assert not directory.exists()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(host.root) not in ps.stdout
+    assert str(directory) not in ps.stdout
+
+
+def test_down_after_a_killed_up_stops_what_it_left(lab_image: Image) -> None:
+    """``sockact-lab up`` SIGKILLed once its apt proxy runs: ``down`` finds the proxy
+    (by its owner on the command line) and the rest, and removes them."""
+    reason = lab_skip_reason()
+    if reason:
+        cannot_run(reason)
+    directory = Path(tempfile.mkdtemp(prefix="sockact-lab-pytest-killed-", dir="/var/tmp"))
+    lab_cli = Path(sys.executable).parent / "sockact-lab"
+    cmd = [str(lab_cli), "up", "--hosts", "2", "--dir", str(directory)]
+    up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert up.stdout is not None
+        seen = []
+        for line in up.stdout:
+            seen.append(line)
+            if line.startswith("apt proxy (pid"):
+                break
+        else:
+            pytest.fail(f"sockact-lab up never started its proxy: {''.join(seen)}")
+        up.kill()
+        up.wait(timeout=30)
+        left = aptproxy.proxy_pids(str(directory))
+        assert left, "the killed run's proxy should still run"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        Lab(directory).down(purge=True)
+    assert not aptproxy.proxy_pids(str(directory))
+    assert not any(_alive(pid) for pid in left)
+    assert not _mounts_under(directory)
+    assert not directory.exists()

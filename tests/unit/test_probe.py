@@ -130,6 +130,14 @@ def run(targets: list[Target], seconds: float = 0.3, **kw: Any) -> Report:
     return p.report
 
 
+def finish(targets: list[Target], limit: float = 20.0, **kw: Any) -> Report:
+    """Run until the load ends by itself (max_requests or max_duration)."""
+    with Probe(targets, **kw) as p:
+        assert p.wait(limit), "the probe did not end by itself"
+    assert p.report is not None
+    return p.report
+
+
 def only(report: Report, *kinds: str) -> None:
     """Every failure is one of ``kinds``, and there is at least one."""
     assert report.failed > 0, report.format_table()
@@ -364,3 +372,324 @@ def test_cli_exit_codes(make_server: MakeServer, capsys: pytest.CaptureFixture[s
     s.close()
     assert _cli(["probe", dead, "--duration", "0.2", "--json"]) == probe.EXIT_PROBE_FAILED
     assert json.loads(capsys.readouterr().out)["failures"]["refused"] > 0
+
+
+# -- issue 15: nothing in the success path may end a client silently -------------------
+
+
+DEEP_JSON = b'{"a": ' + b"[" * 20000 + b"]" * 20000 + b"}"
+
+
+@pytest.mark.parametrize("rate", [None, 200.0])
+def test_deeply_nested_json_body_is_ok_and_loses_no_client(
+    make_server: MakeServer, rate: float | None
+) -> None:
+    """json raises RecursionError (not ValueError) on such a body: once, it ended both
+    clients silently and the probe reported 0 requests."""
+    srv = make_server(serve_ok(response(body=DEEP_JSON)))
+    r = finish([srv.target], keepalive_clients=1, new_conn_clients=1, max_requests=20, rate=rate)
+    assert (r.ok, r.failed) == (20, 0), r.format_table()
+    assert not r.samples  # answered, just not sampled
+
+
+@pytest.mark.parametrize("rate", [None, 200.0])
+def test_exception_in_the_success_path_is_counted_internal(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch, rate: float | None
+) -> None:
+    def broken(body: bytes) -> Any:
+        raise RuntimeError("sampling broke")
+
+    monkeypatch.setattr(probe, "sample_of", broken)  # a bug in the probe, on purpose
+    srv = make_server(serve_ok())
+    r = finish([srv.target], keepalive_clients=1, new_conn_clients=1, max_requests=20, rate=rate)
+    assert r.total == 20 == r.failures["internal"], r.format_table()
+    assert any("sampling broke" in e for e in r.error_samples)
+
+
+# -- open loop ----------------------------------------------------------------------
+
+
+class Arrivals:
+    """When each request head reached the server (monotonic), and its head."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.times: list[float] = []
+        self.heads: list[bytes] = []
+
+    def add(self, head: bytes) -> None:
+        with self.lock:
+            self.times.append(time.monotonic())
+            self.heads.append(head)
+
+    def between(self, a: float, b: float) -> int:
+        with self.lock:
+            return sum(a <= t < b for t in self.times)
+
+
+def serve_logged(
+    arrivals: Arrivals,
+    stall: list[float] | None = None,
+    delay: float = 0.0,
+    reply: bytes = response(),
+) -> Handler:
+    """Keep-alive server logging each request; a request that arrives in the window
+    ``stall = [a, b]`` (monotonic) is answered at ``b``; every answer waits ``delay``."""
+
+    def handler(sock: socket.socket, srv: Server) -> None:
+        buf = bytearray()
+        while (head := srv.read_request(sock, buf)) is not None:
+            arrivals.add(head)
+            now = time.monotonic()
+            if stall and stall[0] <= now < stall[1]:
+                time.sleep(stall[1] - now)
+            if delay:
+                time.sleep(delay)
+            if b"connection: close" in head.lower():
+                sock.sendall(reply.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+                return
+            sock.sendall(reply)
+
+    return handler
+
+
+def test_open_loop_stall_shows_in_the_latency_of_every_request_due_during_it(
+    make_server: MakeServer,
+) -> None:
+    """The server answers nothing for 1 s: the requests due in that second are still
+    sent on schedule (no coordinated omission), each one's latency counts from its due
+    time, and the request count stays rate x duration."""
+    arrivals = Arrivals()
+    stall: list[float] = []
+    srv = make_server(serve_logged(arrivals, stall))
+    with Probe(
+        [srv.target], keepalive_clients=1, new_conn_clients=1, rate=100, max_duration=3.0
+    ) as p:
+        t0 = time.monotonic() - p.elapsed()
+        stall[:] = [t0 + 1.0, t0 + 2.0]
+        assert p.wait(10)
+    r = p.report
+    assert r is not None
+    assert (r.total, r.failed) == (300, 0), r.format_table()
+    assert r.total == srv.requests
+    # sent during the stall, not held back until it ended (ideal: 100)
+    assert arrivals.between(*stall) >= 60, arrivals.between(*stall)
+    # the first requests due in the stall waited for all of it
+    assert r.max_ms >= 990, r.format_table()
+    assert r.p99_ms >= 900, r.format_table()
+    first = next(b for b in r.buckets if b.t == 1.0)
+    assert first.ok == 10 and first.p50_ms >= 850, first
+    # the window of the stall holds exactly the requests due in it
+    w = p.snapshot(window=(1.0, 2.0))
+    assert w.total == 100 and w.duration_s == 1.0 and w.max_ms >= 990
+    assert sum(b.targets[0] for b in r.buckets) == r.total
+
+
+def test_open_loop_keeps_its_rate(make_server: MakeServer) -> None:
+    arrivals = Arrivals()
+    srv = make_server(serve_logged(arrivals))
+    with Probe(
+        [srv.target], keepalive_clients=1, new_conn_clients=1, rate=200, max_duration=2.0
+    ) as p:
+        t0 = time.monotonic() - p.elapsed()
+        assert p.wait(10)
+    r = p.report
+    assert r is not None
+    assert (r.total, r.ok) == (400, 400), r.format_table()
+    assert r.duration_s == pytest.approx(2.0) and r.rps == pytest.approx(200)
+    assert r.mode == "open" and r.rate == 200 and r.schedule == "fixed"
+    # what the server saw, second by second (generous: a loaded 2-core machine)
+    for sec in range(2):
+        n = arrivals.between(t0 + sec, t0 + sec + 1)
+        assert 160 <= n <= 240, (sec, n)
+    assert len(r.buckets) == 20 and all(b.ok == 20 for b in r.buckets)
+
+
+def test_open_loop_poisson_is_seeded(make_server: MakeServer) -> None:
+    srv = make_server(serve_ok())
+    totals = []
+    for _ in range(2):
+        r = finish([srv.target], rate=600, schedule="poisson", seed=7, max_duration=0.5)
+        assert r.failed == 0, r.format_table()
+        totals.append(r.total)
+    assert totals[0] == totals[1]
+    assert 215 <= totals[0] <= 385  # 300 +- 5 sigma
+
+
+def test_open_loop_mix_of_keepalive_and_new_connections(make_server: MakeServer) -> None:
+    arrivals = Arrivals()
+    srv = make_server(serve_logged(arrivals))
+    r = finish([srv.target], keepalive_clients=1, new_conn_clients=3, rate=200, max_requests=200)
+    assert (r.total, r.failed) == (200, 0), r.format_table()
+    closing = sum(b"connection: close" in h.lower() for h in arrivals.heads)
+    assert closing == 150  # exactly 3 in 4
+    assert srv.connections == r.connections
+    assert 150 < r.connections <= 150 + r.workers["keepalive"]
+
+
+def test_open_loop_at_its_bound_waits_and_counts_what_it_could_not_send(
+    make_server: MakeServer,
+) -> None:
+    """One worker, a server taking 100 ms, requests due every 20 ms: they queue, their
+    wait is latency, and the ones that waited longer than the timeout are 'overload':
+    not sent, but counted."""
+    arrivals = Arrivals()
+    srv = make_server(serve_logged(arrivals, delay=0.1))
+    r = finish(
+        [srv.target],
+        keepalive_clients=1,
+        new_conn_clients=0,
+        rate=50,
+        max_requests=30,
+        timeout=1.0,
+        max_in_flight=1,
+    )
+    assert r.total == 30, r.format_table()
+    assert r.ok + r.failures["overload"] == 30, r.format_table()
+    assert r.ok >= 8 and r.failures["overload"] >= 5, r.format_table()
+    assert r.workers == {"keepalive": 1, "new": 0}
+    assert r.pool_waits >= 20 and r.late >= 20
+    assert r.max_ms >= 500  # the wait for the worker is in the latency
+    assert srv.requests == r.ok  # an overload is never sent
+
+
+def test_progress_callback(make_server: MakeServer) -> None:
+    seen: list[dict[str, Any]] = []
+    srv = make_server(serve_ok())
+    r = finish(
+        [srv.target], rate=100, max_duration=1.0, progress_every=0.2, on_progress=seen.append
+    )
+    assert len(seen) >= 3
+    assert seen[-1].get("final") is True
+    assert seen[-1]["requests"] == r.total == 100
+    assert seen[-1]["versions"] == {"1.2.3": 100}
+    assert sum(p["window"]["requests"] for p in seen) == 100  # windows do not overlap
+    assert [p["requests"] for p in seen] == sorted(p["requests"] for p in seen)
+
+
+def test_bad_open_loop_arguments() -> None:
+    t = [Target("127.0.0.1", 1)]
+    for kw in (
+        {"rate": 0},
+        {"rate": -1},
+        {"rate": float("inf")},
+        {"rate": 10, "pause": 1},
+        {"rate": 10, "schedule": "bursty"},
+        {"rate": 10, "max_in_flight": 0},
+    ):
+        with pytest.raises(BadInput):
+            Probe(t, **kw)  # type: ignore[arg-type]
+    assert probe.parse_rate("250") == (250.0, None)
+    assert probe.parse_rate("50%") == (None, 0.5)
+    for bad in ("", "x", "0", "-5", "0%", "nan", "2000%"):
+        with pytest.raises(BadInput):
+            probe.parse_rate(bad)
+
+
+def test_cli_open_loop_json_and_progress_files(
+    make_server: MakeServer, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    srv = make_server(serve_ok())
+    url = f"http://127.0.0.1:{srv.port}/"
+    out, prog = tmp_path / "probe.json", tmp_path / "progress.jsonl"
+    argv = [
+        "probe",
+        url,
+        "--rate",
+        "50%",
+        "--capacity",
+        "400",
+        "--duration",
+        "1",
+        "--json",
+        str(out),
+        "--progress",
+        str(prog),
+        "--progress-every",
+        "0.3",
+    ]
+    assert _cli(argv) == 0
+    assert "open loop, 200.0 req/s" in capsys.readouterr().out  # the table, on stdout
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "sockact-probe/2" and doc["mode"] == "open"
+    assert doc["rate"] == 200.0 and doc["total"] == 200
+    assert doc["capacity"] == {"rps": 400.0, "measured": False, "fraction": 0.5}
+    assert doc["started_at"] == pytest.approx(time.time(), abs=30)
+    b = doc["buckets"][0]
+    assert set(b) == {
+        "t",
+        "ok",
+        "failed",
+        "failures",
+        "late",
+        "targets",
+        "answered",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+    }
+    assert sum(x["ok"] for x in doc["buckets"]) == 200
+    assert b["answered"] == [["api@1", "1.2.3", b["ok"]]]
+    lines = [json.loads(x) for x in prog.read_text().splitlines()]
+    assert lines and lines[-1]["final"] is True and lines[-1]["requests"] == 200
+
+
+def test_cli_measure_capacity(make_server: MakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    srv = make_server(serve_ok())
+    url = f"http://127.0.0.1:{srv.port}/"
+    argv = ["probe", url, "--measure-capacity", "--capacity-seconds", "0.5", "--json"]
+    assert _cli(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["capacity"]["rps"] > 0 and doc["capacity"]["failed"] == 0
+    assert doc["report"]["mode"] == "closed"
+    # and --rate P% measures it first, then runs at that fraction
+    assert (
+        _cli(
+            [
+                "probe",
+                url,
+                "--rate",
+                "10%",
+                "--capacity-seconds",
+                "0.5",
+                "--duration",
+                "0.5",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["capacity"]["measured"] is True and doc["capacity"]["fraction"] == 0.1
+    assert doc["rate"] == pytest.approx(doc["capacity"]["rps"] * 0.1, rel=0.01)
+    assert "probe: capacity" in captured.err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--schedule", "poisson"],  # open loop only
+        ["--capacity", "100"],
+        ["--rate", "fast"],
+        ["--rate", "10", "--pause", "0.1"],
+        ["--json", "http://127.0.0.1:1/"],  # the URL eaten as the file name
+    ],
+)
+def test_cli_bad_flags(extra: list[str]) -> None:
+    with pytest.raises(BadInput):
+        _cli(["probe", "http://127.0.0.1:1/", "--duration", "0.1", *extra])
+
+
+def test_without_progress_no_latency_is_kept_twice(make_server: MakeServer) -> None:
+    """The window figures of progress() need the latencies since the last call: they are
+    kept only once progress is in use (an hour-long run would hold them all twice)."""
+    srv = make_server(serve_ok())
+    p = Probe([srv.target], rate=200, max_duration=0.6).start()
+    time.sleep(0.3)
+    assert not any(len(s.recent_lat) for s in p._stats)
+    assert p.progress()["requests"] > 0  # counts; latencies from now on
+    assert p.wait(5)
+    second = p.progress()
+    assert second["window"]["requests"] > 0 and second["window"]["p99_ms"] > 0
+    assert p.stop().total == 120

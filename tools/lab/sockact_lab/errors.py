@@ -5,7 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
-#: a host did not boot, did not answer, or could not be removed
+#: a host did not boot, did not answer, or could not be removed; the image did not build
 EXIT_LAB = 5
 
 

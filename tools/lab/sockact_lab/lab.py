@@ -1,8 +1,7 @@
-"""Throwaway test hosts with a real systemd: ``sockact-lab up | list | down``.
+"""Throwaway test hosts with a real systemd: ``sockact-lab up | list | down | image``.
 
-Each host is a ``systemd-nspawn -b`` container booted on an overlay of ``/`` (so the
-machine's ``/usr/bin/python3``, the checkout and its venv are visible inside), in its own
-network namespace ``sockact-<n>`` joined to the root namespace by a veth pair:
+Each host is a ``systemd-nspawn -b`` container booted on an overlay, in its own network
+namespace ``sockact-<n>`` joined to the root namespace by a veth pair:
 
 * root side ``sa<n>h`` = ``10.203.<n>.1/24``, container side ``sa<n>c`` = ``10.203.<n>.2/24``
 * sshd in the container listens on ``10.203.<n>.2:22``, root login with the lab's ed25519 key
@@ -10,18 +9,31 @@ network namespace ``sockact-<n>`` joined to the root namespace by a veth pair:
   per-namespace sysctls such as ``net.ipv4.tcp_migrate_req`` can be set by the host's
   systemd-sysctl without touching the root namespace.
 
+Two kinds of host (``up(image=...)``, ``sockact-lab up --image``):
+
+* ``minimal`` (default): the overlay's lower layer is the minimal Debian 12 image
+  (:mod:`sockact_lab.image`, built once and cached): systemd, sshd, python3 and nothing of
+  this machine, like a freshly installed server. apt reaches Debian's mirror through the
+  lab's caching proxy (:mod:`sockact_lab.aptproxy`, one process per lab, listening on the
+  lab's gateway addresses); nothing else leaves the hosts.
+* ``clone``: the lower layer is this machine's ``/`` (its python3 with venv, the checkout
+  and its venv are visible inside): boots without an image, for tests where the OS's
+  realism does not matter.
+
 ``n`` is the lowest index whose netns and veth do not exist yet (allocated under
 ``/run/sockact-lab.lock``), so two labs can coexist. State lives in ``<dir>/lab.json``
 and ``<dir>/inventory.ini`` (ansible, group ``api``); ``down`` removes every mount,
-container, netns, veth and process the lab made, also after a killed run.
+container, netns, veth and process the lab made (the apt proxy too), also after a killed
+run.
 
-Needs root and systemd-nspawn (Debian: ``apt-get install systemd-container``).
+Needs root and systemd-nspawn (Debian: ``apt-get install systemd-container``); building
+the image needs debootstrap.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import functools
 import itertools
 import json
 import os
@@ -31,13 +43,28 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from sockact_lab import aptproxy
 from sockact_lab.errors import LabError, LabUsageError
+from sockact_lab.hostroot import (
+    CLONE_MASKED_UNITS,
+    IMAGE_MASKED_UNITS,
+    HostConfig,
+    prepare_host_root,
+)
+from sockact_lab.image import DEFAULT_RECIPE, Image, ensure_image, find_image
+from sockact_lab.system import Progress, run_command
+from sockact_lab.system import alive as _alive
+from sockact_lab.system import cmdline as _cmdline
+from sockact_lab.system import flock as _flock
+from sockact_lab.system import kill_until_gone as _kill_until_gone
+from sockact_lab.system import last_line as _last_line
+from sockact_lab.system import mounts_under as _mounts_under
+from sockact_lab.system import proc_stat as _proc_stat
 
 DEFAULT_DIR = Path("/var/tmp/sockact-lab")
 LOCK_FILE = Path("/run/sockact-lab.lock")
@@ -58,30 +85,11 @@ BOOT_TIMEOUT = 60.0
 SSH_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 
-#: units masked in every host: not needed, slow, or wrong inside a container that shares
-#: the machine's root filesystem (a second postgres/cron on the same files, apt timers).
-MASKED_UNITS = (
-    "postgresql.service",
-    "postgresql@.service",
-    "networking.service",
-    "ifupdown-pre.service",
-    "ifup@.service",
-    "systemd-networkd-wait-online.service",
-    "NetworkManager-wait-online.service",
-    "systemd-timesyncd.service",
-    "console-getty.service",
-    "cron.service",
-    "anacron.service",
-    "anacron.timer",
-    "e2scrub_reap.service",
-    "e2scrub_all.timer",
-    "fstrim.timer",
-    "apt-daily.timer",
-    "apt-daily-upgrade.timer",
-    "man-db.timer",
-    "dpkg-db-backup.timer",
-    "systemd-tmpfiles-clean.timer",
-)
+#: what a host boots on: the minimal Debian image (default) or an overlay of this machine's /
+IMAGE_MINIMAL = "minimal"
+IMAGE_CLONE = "clone"
+IMAGE_MODES = (IMAGE_MINIMAL, IMAGE_CLONE)
+PROXY_LOG = "apt-proxy.log"
 
 SSH_OPTIONS = (
     "-o",
@@ -95,9 +103,6 @@ SSH_OPTIONS = (
     "-o",
     "ConnectTimeout=5",
 )
-
-Progress = Callable[[str], None]
-
 
 # --------------------------------------------------------------------------- pure helpers
 
@@ -124,6 +129,11 @@ def host_address(index: int) -> str:
 def gateway_address(index: int) -> str:
     """The root namespace side of the veth pair."""
     return f"{SUBNET_PREFIX}.{index}.1"
+
+
+def validate_image_mode(image: str) -> None:
+    if image not in IMAGE_MODES:
+        raise LabUsageError(f"lab: --image must be one of {', '.join(IMAGE_MODES)}, got {image!r}")
 
 
 def validate_count(count: int) -> None:
@@ -188,21 +198,10 @@ class Host:
         self, *cmd: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` inside the host as root with a clean environment (via nsenter)."""
-        proc = subprocess.run(
-            self.nsenter_args(*cmd),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "HOME": "/root"},
-            stdin=subprocess.DEVNULL,
-            check=False,
+        env = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
+        return run_command(
+            self.nsenter_args(*cmd), check=check, timeout=timeout, env=env, where=f"in {self.name}"
         )
-        if check and proc.returncode != 0:
-            raise LabError(
-                f"lab: {shlex.join(cmd)} in {self.name} exited {proc.returncode}: "
-                f"{_last_line(proc.stderr or proc.stdout)}"
-            )
-        return proc
 
     def ssh_args(self, *cmd: str) -> list[str]:
         """``ssh`` command line reaching this host as root with the lab key; ``cmd`` is
@@ -214,20 +213,9 @@ class Host:
         self, *cmd: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` on the host over ssh (as Ansible would)."""
-        proc = subprocess.run(
-            self.ssh_args(*cmd),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
+        return run_command(
+            self.ssh_args(*cmd), check=check, timeout=timeout, where=f"over ssh to {self.name}"
         )
-        if check and proc.returncode != 0:
-            raise LabError(
-                f"lab: ssh {self.address} {shlex.join(cmd)} exited {proc.returncode}: "
-                f"{_last_line(proc.stderr or proc.stdout)}"
-            )
-        return proc
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -266,28 +254,11 @@ def render_inventory(hosts: Iterable[Host], key: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
 # --------------------------------------------------------------------------- system helpers
 
 
 def _sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        list(cmd),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise LabError(
-            f"lab: {shlex.join(cmd)} exited {proc.returncode}: {_last_line(proc.stderr)}"
-        )
-    return proc
+    return run_command(list(cmd), check=check, timeout=timeout)
 
 
 def _list_netns() -> list[str]:
@@ -302,50 +273,6 @@ def _list_links() -> list[str]:
         return sorted(os.listdir("/sys/class/net"))
     except FileNotFoundError:
         return []
-
-
-def _mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path`` in our mount namespace, deepest first."""
-    prefix = str(path).rstrip("/")
-    found: list[str] = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        for line in fh:
-            target = line.split()[4].replace("\\040", " ")
-            if target == prefix or target.startswith(prefix + "/"):
-                found.append(target)
-    return sorted(set(found), key=len, reverse=True)
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of ``pid``, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            stat = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie child of ours is reaped and counts as gone)."""
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            raw = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def _is_nspawn_for(pid: int, root: Path) -> bool:
@@ -468,30 +395,25 @@ def _tail(path: Path, lines: int = 8) -> str:
     return " | ".join(kept) if kept else "(empty log)"
 
 
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def check_requirements() -> list[str]:
-    """Reasons the lab cannot run here (empty when it can)."""
+def check_requirements(image: str = IMAGE_MINIMAL) -> list[str]:
+    """Reasons the lab cannot boot hosts of kind ``image`` here (empty when it can)."""
     problems: list[str] = []
     if os.geteuid() != 0:
         problems.append("lab: needs root (network namespaces, mounts, systemd-nspawn)")
     for tool in ("systemd-nspawn", "nsenter", "ip", "mount", "umount", "ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
             problems.append(
-                f"lab: {tool} not found (apt-get install systemd-container "
-                "openssh-server openssh-client iproute2)"
+                f"lab: {tool} not found (apt-get install systemd-container openssh-client iproute2)"
             )
-    if not Path("/usr/sbin/sshd").exists():
+    if image == IMAGE_CLONE and not Path("/usr/sbin/sshd").exists():
         problems.append("lab: /usr/sbin/sshd missing (apt-get install openssh-server)")
+    if image == IMAGE_MINIMAL and find_image() is None:
+        for tool in ("debootstrap", "unshare", "chroot"):
+            if shutil.which(tool) is None:
+                problems.append(
+                    f"lab: {tool} not found, needed to build the host image "
+                    "(apt-get install debootstrap)"
+                )
     return problems
 
 
@@ -504,6 +426,8 @@ class Lab:
     def __init__(self, directory: Path = DEFAULT_DIR) -> None:
         self.directory = Path(directory).absolute()
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        #: what this run booted on and its apt proxy (kept in the state file)
+        self._meta: dict[str, Any] | None = None
 
     # ---- paths and state
 
@@ -522,18 +446,39 @@ class Lab:
     def host_dir(self, name: str) -> Path:
         return self.directory / name
 
-    def hosts(self) -> list[Host]:
-        """Hosts recorded in the state file (running or left over)."""
+    def _read_state(self) -> dict[str, Any]:
         try:
             data = json.loads(self.state_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return []
+            return {}
         except (OSError, ValueError) as exc:
             raise LabError(f"lab: cannot read {self.state_path}: {exc}") from exc
-        return [Host.from_json(h) for h in data.get("hosts", [])]
+        if not isinstance(data, dict):
+            raise LabError(f"lab: {self.state_path} is not a JSON object")
+        return data
+
+    def hosts(self) -> list[Host]:
+        """Hosts recorded in the state file (running or left over)."""
+        return [Host.from_json(h) for h in self._read_state().get("hosts", [])]
+
+    def info(self) -> dict[str, Any]:
+        """What the lab booted on: ``image`` (minimal or clone), ``image_name`` (the
+        minimal image's name) and ``apt_proxy_pid`` (0: none)."""
+        if self._meta is not None:
+            return dict(self._meta)
+        data = self._read_state()
+        return {
+            "image": str(data.get("image", IMAGE_CLONE)),
+            "image_name": str(data.get("image_name", "")),
+            "apt_proxy_pid": int(data.get("apt_proxy_pid", 0)),
+        }
 
     def _write_state(self, hosts: list[Host]) -> None:
-        data = {"directory": str(self.directory), "hosts": [h.to_json() for h in hosts]}
+        data = {
+            "directory": str(self.directory),
+            **self.info(),
+            "hosts": [h.to_json() for h in hosts],
+        }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         tmp.replace(self.state_path)
@@ -543,19 +488,31 @@ class Lab:
 
     # ---- up
 
-    def up(self, count: int, progress: Progress | None = None) -> list[Host]:
-        """Boot ``count`` hosts; on any failure everything made so far is removed."""
+    def up(
+        self, count: int, progress: Progress | None = None, *, image: str = IMAGE_MINIMAL
+    ) -> list[Host]:
+        """Boot ``count`` hosts on ``image`` (:data:`IMAGE_MINIMAL`: the minimal Debian
+        image, built first if it is not cached; :data:`IMAGE_CLONE`: an overlay of this
+        machine's /); on any failure everything made so far is removed."""
         say = progress or (lambda _msg: None)
         validate_count(count)
-        problems = check_requirements()
+        validate_image_mode(image)
+        problems = check_requirements(image)
         if problems:
             raise LabError(problems[0], details=problems[1:])
+        # before the lab's lock: minutes on first use, and other labs may wait for it too
+        base = ensure_image(progress=say) if image == IMAGE_MINIMAL else None
         self.directory.mkdir(parents=True, exist_ok=True)
         with _flock(self.directory / ".lock"):
             self._refuse_or_clean_stale(say)
             self._ensure_key()
+            self._meta = {
+                "image": image,
+                "image_name": base.name if base is not None else "",
+                "apt_proxy_pid": 0,
+            }
             try:
-                return self._up(count, say)
+                return self._up(count, say, base)
             except BaseException:
                 say("boot failed: removing what was made")
                 with contextlib.suppress(Exception):
@@ -570,7 +527,8 @@ class Lab:
                 f"lab: {self.directory} already has running hosts ({', '.join(running)}); "
                 f"run 'sockact-lab down --dir {self.directory}' first"
             )
-        if old or _mounts_under(self.directory) or _nspawn_pids_under(self.directory):
+        leftovers = _mounts_under(self.directory) or _nspawn_pids_under(self.directory)
+        if old or leftovers or aptproxy.proxy_pids(str(self.directory)):
             say(f"cleaning stale state of a previous run in {self.directory}")
             self._down(say)
 
@@ -590,7 +548,7 @@ class Lab:
             str(self.key_path),
         )
 
-    def _up(self, count: int, say: Progress) -> list[Host]:
+    def _up(self, count: int, say: Progress, base: Image | None) -> list[Host]:
         started = time.monotonic()
         hosts: list[Host] = []
         with _flock(LOCK_FILE):
@@ -613,8 +571,13 @@ class Lab:
             for h in hosts:
                 self._make_netns(h)
                 self._write_state(hosts)
+        proxy = None
+        if base is not None:  # after the veths: it listens on their gateway addresses
+            proxy = self._start_proxy(hosts)
+            self._write_state(hosts)
+            say(f"apt proxy (pid {proxy.pid}) on {', '.join(h.gateway for h in hosts)}")
         for h in hosts:
-            self._prepare_root(h)
+            self._prepare_root(h, base, proxy)
             say(f"{h.name}: overlay ready at {h.root}")
         boot_started: dict[str, float] = {}
         for h in hosts:
@@ -646,76 +609,48 @@ class Lab:
         _sh("ip", "-n", h.netns, "link", "set", inner, "up")
         _sh("ip", "-n", h.netns, "route", "add", "default", "via", gw)
 
-    def _prepare_root(self, h: Host) -> None:
-        base = self.host_dir(h.name)
-        upper, work, root = base / "upper", base / "work", base / "root"
+    def _start_proxy(self, hosts: list[Host]) -> aptproxy.ProxyProcess:
+        proxy = aptproxy.start_proxy_process(
+            [h.gateway for h in hosts],
+            owner=str(self.directory),
+            log_path=self.directory / PROXY_LOG,
+            allowed_hosts=DEFAULT_RECIPE.mirror_hosts(),
+        )
+        assert self._meta is not None
+        self._meta["apt_proxy_pid"] = proxy.pid
+        if proxy.popen is not None:
+            self._procs[proxy.pid] = proxy.popen
+        return proxy
+
+    def _prepare_root(
+        self, h: Host, base: Image | None, proxy: aptproxy.ProxyProcess | None
+    ) -> None:
+        """Mount the host's overlay (lower layer: the image, or / in clone mode) and write
+        what makes the host unique into its upper layer."""
+        host_dir = self.host_dir(h.name)
+        upper, work, root = host_dir / "upper", host_dir / "work", host_dir / "root"
         for d in (upper, work, root):
             d.mkdir(parents=True, exist_ok=True)
+        lower = base.rootfs if base is not None else Path("/")
         _sh(
             "mount",
             "-t",
             "overlay",
             "overlay",
             "-o",
-            f"lowerdir=/,upperdir={upper},workdir={work}",
+            f"lowerdir={lower},upperdir={upper},workdir={work}",
             str(root),
         )
-        # everything below is written through the overlay, so it lands in the upper layer
-        system = root / "etc/systemd/system"
-        system.mkdir(parents=True, exist_ok=True)
-        for unit in MASKED_UNITS:
-            link = system / unit
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to("/dev/null")
-        wants = system / "multi-user.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        ssh_unit = wants / "ssh.service"
-        if not ssh_unit.exists():
-            ssh_unit.unlink(missing_ok=True)
-            ssh_unit.symlink_to("/lib/systemd/system/ssh.service")
-        (root / "etc/hostname").write_text(f"{h.name}\n", encoding="utf-8")
-        # no egress from the hosts: names resolve from /etc/hosts, DNS fails at once
-        # (a nameserver behind the veth would make every lookup wait for its timeout)
-        hosts_file = root / "etc/hosts"
-        hosts_file.write_text(
-            "127.0.0.1 localhost\n"
-            "::1 localhost ip6-localhost ip6-loopback\n"
-            f"{h.address} {h.name}\n"
-            f"{h.gateway} {h.name}-gw\n",
-            encoding="utf-8",
+        config = HostConfig(
+            hostname=h.name,
+            address=h.address,
+            gateway=h.gateway,
+            authorized_keys=self.key_path.with_suffix(".pub").read_text(encoding="utf-8"),
+            masked_units=IMAGE_MASKED_UNITS if base is not None else CLONE_MASKED_UNITS,
+            apt_proxy=proxy.url(h.gateway) if proxy is not None else None,
+            enable_ssh=base is None,
         )
-        resolv = root / "etc/resolv.conf"
-        resolv.unlink(missing_ok=True)
-        resolv.write_text(
-            "# sockact lab: no DNS inside test hosts\nnameserver 127.0.0.1\n"
-            "options timeout:1 attempts:1\n",
-            encoding="utf-8",
-        )
-        machine_id = uuid.uuid4().hex
-        (root / "etc/machine-id").write_text(machine_id + "\n", encoding="utf-8")
-        dbus_id = root / "var/lib/dbus/machine-id"
-        if dbus_id.exists() or dbus_id.is_symlink():
-            dbus_id.unlink()
-            dbus_id.write_text(machine_id + "\n", encoding="utf-8")
-        sshd_dir = root / "etc/ssh/sshd_config.d"
-        sshd_dir.mkdir(parents=True, exist_ok=True)
-        (sshd_dir / "sockact-lab.conf").write_text(
-            f"ListenAddress {h.address}\n"
-            "PermitRootLogin prohibit-password\n"
-            "PasswordAuthentication no\n",
-            encoding="utf-8",
-        )
-        if not (root / "etc/ssh/ssh_host_ed25519_key").exists():
-            _sh("ssh-keygen", "-A", "-f", str(root))
-        dot_ssh = root / "root/.ssh"
-        dot_ssh.mkdir(parents=True, exist_ok=True)
-        dot_ssh.chmod(0o700)
-        auth = dot_ssh / "authorized_keys"
-        auth.write_text(
-            self.key_path.with_suffix(".pub").read_text(encoding="utf-8"), encoding="utf-8"
-        )
-        auth.chmod(0o600)
+        prepare_host_root(root, config)
 
     def _start_nspawn(self, h: Host) -> None:
         log_path = self.host_dir(h.name) / "nspawn.log"
@@ -864,6 +799,16 @@ class Lab:
         # leftovers not in the state file (killed between steps)
         for pid in _nspawn_pids_under(self.directory):
             self._kill_nspawn(pid, say)
+        # the apt proxy: the recorded PID, and any other proxy of this lab (a killed run)
+        owner = str(self.directory)
+        recorded = int(self.info().get("apt_proxy_pid", 0))
+        for pid in sorted({recorded, *aptproxy.proxy_pids(owner)} - {0}):
+            try:
+                if aptproxy.stop_proxy_process(pid, owner, say):
+                    say(f"apt proxy {pid}: stopped")
+            except LabError as exc:
+                errors.append(exc.message)
+            self._forget_proc(pid)
         for mnt in _mounts_under(self.directory):
             try:
                 self._umount(Path(mnt))
@@ -873,6 +818,7 @@ class Lab:
             raise LabError(errors[0], details=errors[1:])
         for path in (self.state_path, self.inventory_path):
             path.unlink(missing_ok=True)
+        self._meta = None
 
     def _purge(self) -> None:
         if _mounts_under(self.directory):
@@ -886,16 +832,8 @@ class Lab:
             asked = False
             if init is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    asked = (
-                        subprocess.run(
-                            ["nsenter", "-t", str(init), "-a", "systemctl", "poweroff"],
-                            capture_output=True,
-                            timeout=10,
-                            check=False,
-                            stdin=subprocess.DEVNULL,
-                        ).returncode
-                        == 0
-                    )
+                    poweroff = ["nsenter", "-t", str(init), "-a", "systemctl", "poweroff"]
+                    asked = run_command(poweroff, check=False, timeout=10).returncode == 0
             # systemctl fails early in boot (no bus yet): then go on to SIGTERM soon
             if self._wait_exit(h.nspawn_pid, STOP_TIMEOUT if asked else 1.0):
                 say(f"{h.name}: powered off in {time.monotonic() - started:.1f}s")
@@ -928,15 +866,7 @@ class Lab:
     def _kill_cgroup_processes(self, h: Host, say: Progress) -> None:
         """SIGKILL what is left in the host's cgroups, then remove them."""
         for cg in host_cgroups(h.name):
-            deadline = time.monotonic() + 10
-            while pids := _cgroup_pids(cg):
-                if time.monotonic() > deadline:
-                    raise LabError(f"lab: processes {pids} in cgroup {cg} do not die")
-                say(f"{h.name}: killing {len(pids)} leftover process(es) in {cg}")
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.3)
+            _kill_until_gone(functools.partial(_cgroup_pids, cg), f"cgroup {cg}", h.name, say)
             _remove_cgroup(cg)
             with contextlib.suppress(OSError):  # still used by another lab: fine
                 cg.parent.rmdir()
@@ -944,15 +874,7 @@ class Lab:
     def _kill_netns_processes(self, h: Host, say: Progress) -> None:
         """SIGKILL what still runs in the host's netns, e.g. a container init orphaned
         by a killed nspawn (killing a PID namespace's init ends the whole namespace)."""
-        deadline = time.monotonic() + 10
-        while pids := _pids_in_netns(h.netns_inode):
-            if time.monotonic() > deadline:
-                raise LabError(f"lab: processes {pids} in {h.netns} do not die")
-            say(f"{h.name}: killing {len(pids)} leftover process(es) in {h.netns}")
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.3)
+        _kill_until_gone(lambda: _pids_in_netns(h.netns_inode), h.netns, h.name, say)
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         proc = self._procs.get(pid)

@@ -1,0 +1,43 @@
+"""Exit codes and the unit's RestartPreventExitStatus= must agree: what a restart cannot
+fix stops the unit, what a restart can fix (a broken listener, a crash) restarts it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sockact import errors
+
+UNITS = Path(__file__).resolve().parents[2] / "units"
+
+
+def _prevented(unit: Path) -> set[int]:
+    match = re.search(r"^RestartPreventExitStatus=(.*)$", unit.read_text(), re.M)
+    assert match, f"{unit}: no RestartPreventExitStatus="
+    return {int(code) for code in match.group(1).split()}
+
+
+@pytest.mark.parametrize("mode", ["reuseport", "socket"])
+def test_restart_prevented_only_for_what_a_restart_cannot_fix(mode: str) -> None:
+    prevented = _prevented(UNITS / mode / "api@.service")
+    for cannot_fix in (errors.BadInput, errors.AppFailed, errors.AddressError):
+        assert cannot_fix.exit_code in prevented, (cannot_fix, prevented)
+    for can_fix in (errors.ListenerFailed, errors.SockactError):
+        assert can_fix.exit_code not in prevented, (can_fix, prevented)
+
+
+def test_exit_codes_are_distinct() -> None:
+    codes = [
+        errors.EXIT_OK,
+        errors.EXIT_INTERNAL,
+        errors.EXIT_BAD_INPUT,
+        errors.EXIT_APP_FAILED,
+        errors.EXIT_ADDRESS,
+        errors.EXIT_PROBE_FAILED,
+        errors.EXIT_CANARY_FAILED,
+        errors.EXIT_LISTENER_FAILED,
+        errors.EXIT_FORCED,
+    ]
+    assert len(set(codes)) == len(codes)
