@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from sockact.runtime import release
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
     APP_VARS,
@@ -61,24 +60,6 @@ SECRET = "s3cret-do-not-print-7f2a"
 def deploy_vars() -> dict[str, Any]:
     # a short drain keeps each swap quick; the demo's warm-up is 1 s
     return {**APP_VARS, "sockact_drain_timeout": 5.0, "sockact_app_env": {"API_TOKEN": SECRET}}
-
-
-@pytest.fixture(scope="module")
-def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """label -> the variables that deploy it, and its digest."""
-    out = {}
-    for label, version in (("v1", "1.0.0"), ("v2", "2.0.0"), ("v3", "3.0.0")):
-        house = releases[version]
-        ident = release.from_wheelhouse(house)
-        out[label] = {
-            "vars": {"sockact_release": label, "sockact_wheelhouse": str(house)},
-            "digest": ident.digest,
-            "short": ident.short,
-            "version": version,
-            "dir": HOST_LAYOUT.release_dir(f"{label}-{ident.short}"),
-            "wheels": sorted(w.name for w in house.glob("*.whl")),
-        }
-    return out
 
 
 def test_provision_in_check_mode_changes_nothing_on_a_fresh_host(
