@@ -8,11 +8,12 @@ Only this module ends the process: every other module raises
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from sockact import __version__
-from sockact.errors import EXIT_INTERNAL, SockactError
+from sockact.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, SockactError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 internal error, 2 bad input, 3 app failed (factory, "
         "warm-up, health gate), 4 address problem, 6 probe saw a failed request (or none), "
         "7 canary failed, 8 the main listener failed while serving (systemd restarts it), "
-        "130 forced stop (a second stop signal). See README.md.",
+        "130 forced stop (a second stop signal), 141 the output's reader went away. See README.md.",
     )
     parser.add_argument("--version", action="version", version=f"sockact {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the exit
     except SockactError as exc:
         print(f"sockact: error: {exc.message}", file=sys.stderr)
         for line in exc.details:
@@ -58,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`sockact layout | head`): not an error of ours, and nothing
+        # may be written to the closed pipe at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         print(f"sockact: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         import traceback

@@ -16,6 +16,9 @@ EXIT_CANARY_FAILED = 7  # sockact canary: the new color is worse, or too few req
 #: (2 3 4): a fresh start gets a fresh socket, so systemd restarts the instance.
 EXIT_LISTENER_FAILED = 8
 EXIT_FORCED = 130
+#: stdout was closed by its reader (`sockact layout | head`): 128 + SIGPIPE, what a shell
+#: reports for a command that SIGPIPE ended
+EXIT_BROKEN_PIPE = 141
 
 
 class SockactError(Exception):

@@ -39,5 +39,23 @@ def test_exit_codes_are_distinct() -> None:
         errors.EXIT_CANARY_FAILED,
         errors.EXIT_LISTENER_FAILED,
         errors.EXIT_FORCED,
+        errors.EXIT_BROKEN_PIPE,
     ]
     assert len(set(codes)) == len(codes)
+
+
+def test_a_reader_that_goes_away_is_no_internal_error() -> None:
+    """`sockact layout | true`: exit 141 (as a shell reports SIGPIPE), no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockact.cli", "layout"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before Python has even started
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == errors.EXIT_BROKEN_PIPE, err
+    assert err == "", err
