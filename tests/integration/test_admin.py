@@ -78,7 +78,9 @@ def test_check_answers_502_when_the_app_fails_and_503_before_ready(serve: ServeF
     warming = serve.start(warmup=5)
     warming.wait_live()
     status, body = warming.admin("/check")
-    assert (status, body["ok"], body["phase"]) == (503, False, "warming")
+    # /live answers from the start: on a busy machine the warm-up may not have begun yet
+    assert (status, body["ok"]) == (503, False), body
+    assert body["phase"] in ("starting", "warming"), body
 
 
 def test_check_answers_200_with_the_apps_answer(serve: ServeFactory) -> None:
