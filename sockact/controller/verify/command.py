@@ -35,6 +35,7 @@ CHECKS = HERE / "checks.py"
 PLUGIN = "sockact.controller.verify.plugin"
 #: what ``sockact[verify]`` installs: module or program -> distribution
 NEEDS = {"pytest": "pytest", "testinfra": "pytest-testinfra", "ansible-inventory": "ansible-core"}
+#: the group the playbooks run on unless told otherwise (``sockact_hosts``)
 DEFAULT_PATTERN = "api"
 
 DESCRIPTION = """\
@@ -181,8 +182,8 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--user", default="", help="user the units were rendered with (default api)")
     p.add_argument("--config-dir", default="", help="default /etc/<name>")
     p.add_argument("--release-root", default="", help="default /opt/<name>")
-    p.add_argument("--unit-dir", default="", help="default /etc/systemd/system")
-    p.add_argument("--sysctl-dir", default="", help="default /etc/sysctl.d")
+    p.add_argument("--unit-dir", default="", help=f"default {layout.HostLayout().unit_dir}")
+    p.add_argument("--sysctl-dir", default="", help=f"default {layout.HostLayout().sysctl_dir}")
     p.add_argument(
         "--max-exposure",
         type=float,
