@@ -1,5 +1,5 @@
 """Command line: ``sockact serve | check-config | print-config | units | probe | timeline |
-canary | layout | settings | release``.
+canary | layout | settings | release | verify``.
 
 Only this module ends the process: every other module raises
 :class:`sockact.errors.SockactError`, which is mapped here to its exit code.
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
     from sockact import layout, settings
     from sockact.controller import canary, probe, timeline, units
+    from sockact.controller.verify import command as verify
     from sockact.runtime import commands, release
 
     parser = argparse.ArgumentParser(
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 internal error, 2 bad input, 3 app failed (factory, "
         "warm-up, health gate), 4 address problem, 6 probe saw a failed request (or none), "
         "7 canary failed, 8 the main listener failed while serving (systemd restarts it), "
-        "130 forced stop (a second stop signal), 141 the output's reader went away. See README.md.",
+        "9 verify: a check failed on a host (4: the pattern matched no host), "
+        "130 forced stop (a second stop signal), 141 the output's reader went away. "
+        "See README.md.",
     )
     parser.add_argument("--version", action="version", version=f"sockact {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -43,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_subcommand(sub)
     settings.add_subcommand(sub)
     release.add_subcommand(sub)
+    verify.add_subcommand(sub)
     return parser
 
 

@@ -9,12 +9,14 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_APP_FAILED = 3
+#: an address problem; for ``sockact verify``, a host pattern that matches no host
 EXIT_ADDRESS = 4
 EXIT_PROBE_FAILED = 6  # sockact probe: a request failed, or none was made
 EXIT_CANARY_FAILED = 7  # sockact canary: the new color is worse, or too few requests to tell
 #: The main listener failed while serving. Not in the unit's RestartPreventExitStatus=
 #: (2 3 4): a fresh start gets a fresh socket, so systemd restarts the instance.
 EXIT_LISTENER_FAILED = 8
+EXIT_VERIFY_FAILED = 9  # sockact verify: a check failed on a host
 EXIT_FORCED = 130
 #: stdout was closed by its reader (`sockact layout | head`): 128 + SIGPIPE, what a shell
 #: reports for a command that SIGPIPE ended
@@ -52,7 +54,8 @@ class AppFailed(SockactError):
 
 
 class AddressError(SockactError):
-    """A port cannot be had: taken, not shareable, or not inherited (exit 4)."""
+    """A port cannot be had: taken, not shareable, or not inherited; or no host to check
+    (exit 4)."""
 
     exit_code = EXIT_ADDRESS
 

@@ -18,7 +18,6 @@ the fixture's finalizer, or, if pytest itself was killed, by
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import pytest
 
 from sockact_lab.image import Image, ensure_image
 from sockact_lab.lab import IMAGE_CLONE, IMAGE_MINIMAL, Lab, check_requirements
+from tests.needs import under_ci
 
 LAB_HOSTS = 2
 LAB_PARENT = Path("/var/tmp")
@@ -38,7 +38,7 @@ LAB_PARENT = Path("/var/tmp")
 def cannot_run(reason: str) -> NoReturn:
     """Skip with ``reason``; under CI (``CI`` set, as ``.ci/run`` does) fail instead: a CI
     run that quietly skipped every system test would be green and prove nothing."""
-    if os.environ.get("CI"):
+    if under_ci():
         pytest.fail(f"CI cannot run this test: {reason}", pytrace=False)
     pytest.skip(reason)
 

@@ -270,11 +270,6 @@ def admin_json(h: Host, instance: int, path: str) -> dict[str, Any]:
     return doc
 
 
-def host_now(h: Host) -> str:
-    """The host's clock, for journalctl --since."""
-    return "@" + h.run("date", "+%s").stdout.strip()
-
-
 def assert_converged(h: Host, digest: str) -> dict[str, Any]:
     """Exactly one color runs, every instance of it ready on release ``digest``, the record
     names it, the enabled units are exactly its instances, no intent is left."""
@@ -288,31 +283,6 @@ def assert_converged(h: Host, digest: str) -> dict[str, Any]:
     intent = h.run("test", "-e", HOST_LAYOUT.deploy_intent, check=False)
     assert intent.returncode != 0, f"{h.name}: {HOST_LAYOUT.deploy_intent} left behind"
     return rec
-
-
-def stop_problems(h: Host, instances: list[int], since: str) -> list[str]:
-    """How the stopped ``instances`` ended since ``since`` (host clock), if not cleanly:
-    a unit left failed, or the journal's word for a main process that did not exit 0."""
-    problems = []
-    for i in instances:
-        unit = HOST_LAYOUT.instance_unit(i)
-        show = h.run(
-            "systemctl", "show", "--property=ActiveState,Result,ExecMainStatus", unit
-        ).stdout.split()
-        if "ActiveState=inactive" not in show or "Result=success" not in show:
-            problems.append(f"{unit}: {' '.join(show)}")
-        journal = h.run(
-            "journalctl", "--no-pager", "-o", "cat", "-u", unit, "--since", since, check=False
-        ).stdout
-        bad = [
-            line
-            for line in journal.splitlines()
-            if "Failed with result" in line
-            or "code=killed" in line
-            or ("code=exited" in line and "status=0/SUCCESS" not in line)
-        ]
-        problems += [f"{unit}: {line}" for line in bad]
-    return problems
 
 
 def diagnose(hosts: list[Host]) -> str:
@@ -428,16 +398,8 @@ def deploy_under_load(
 
 
 def run_infra_suite(inventory: Path) -> subprocess.CompletedProcess[str]:
-    """tests/infra against ``inventory`` over Ansible, as an operator runs it."""
-    cmd = [
-        str(BIN / "pytest"),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        str(REPO / "tests" / "infra"),
-        "--hosts=ansible://api",
-        f"--ansible-inventory={inventory}",
-    ]
+    """``sockact verify`` of the group ``api`` of ``inventory``, as an operator runs it."""
+    cmd = [str(BIN / "sockact"), "verify", "-i", str(inventory), "--hosts", "api"]
     say("$ " + shlex.join(cmd))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run(

@@ -28,12 +28,11 @@ from tests.ansible.playbooks import (
     assert_serves_only,
     deploy_under_load,
     diagnose,
-    host_now,
     playbook,
     record,
     run_infra_suite,
-    stop_problems,
 )
+from tests.system.hostsetup import host_now, stop_problems
 
 pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
 

@@ -42,14 +42,13 @@ from tests.ansible.playbooks import (
     diagnose,
     enabled_instances,
     figures,
-    host_now,
     playbook,
     playbook_killed,
     record,
     running_instances,
     start_probe,
-    stop_problems,
 )
+from tests.system.hostsetup import host_now, stop_problems
 
 pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
 

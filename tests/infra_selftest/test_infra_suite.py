@@ -1,11 +1,11 @@
-"""The testinfra suite (tests/infra) passes on a right host and fails on a broken one.
+"""``sockact verify`` passes on right hosts and fails the right checks on broken ones.
 
 Boots its own two lab hosts (fresh Debian 12 hosts of the minimal image), sets them up by
 hand (no Ansible) with the helpers of tests/system/hostsetup.py: python3-venv with apt,
 host 1 in reuseport mode, host 2 in socket mode, blue instances 1 and 2 of release 1.0,
-the record in /etc/api/deploy.json. Then runs
-``pytest tests/infra --hosts=ansible://... --ansible-inventory=<lab inventory>`` as an
-operator would, breaks host 1 in one way per case, and restores it.
+the record in /etc/api/deploy.json. Then runs ``sockact verify -i <lab inventory>`` as an
+operator would, breaks host 1 in one way per case, checks that exactly the checks that
+look at what was broken fail (and every other check passes), and restores it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from sockact import layout
+from sockact.errors import EXIT_ADDRESS, EXIT_VERIFY_FAILED
 from sockact_lab.image import Image
 from sockact_lab.lab import Host, Lab
 from tests.lab_fixtures import cannot_run, lab_skip_reason
@@ -32,11 +34,19 @@ from tests.system import hostsetup as hs
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
+SOCKACT = Path(sys.executable).parent / "sockact"
+LAYOUT = layout.HostLayout(hs.NAME)
 VERSION = "1.0"
-BLUE = (1, 2)
+BLUE = layout.instances_of("blue", 2)
+GREEN = layout.instances_of("green", 1)
 DRAIN = 3.0
 SUITE_TIMEOUT = 300
+
+#: Checks on a right host, by listen mode: 13 once per host and 15 per instance (2
+#: instances), but three host checks are for socket mode only (its units verify, the socket
+#: unit runs, systemd holds the port) and two for reuseport mode only (tcp_migrate_req is
+#: on, and persists): they skip on the other mode's host.
+RIGHT = {"reuseport": {"passed": 40, "skipped": 3}, "socket": {"passed": 41, "skipped": 2}}
 
 
 @dataclass
@@ -54,9 +64,9 @@ def _record(host: Host, listen: str, digest: str = "") -> str:
             "release": {
                 "label": VERSION,
                 "digest": digest or hs.release_digest(host, VERSION),
-                "dir": f"{hs.RELEASE_ROOT}/releases/{VERSION}",
+                "dir": LAYOUT.release_dir(VERSION),
             },
-            "instances": list(BLUE),
+            "instances": BLUE,
             "listen": listen,
             "port": hs.PORT,
             "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -70,18 +80,18 @@ def deploy_by_hand(host: Host, wheelhouse: Path, listen: str) -> None:
     hs.ensure_venv_support(host)
     release = hs.install_release(host, VERSION, hs.copy_wheelhouse(host, wheelhouse))
     hs.ensure_user(host)
-    host.run("install", "-d", "-m", "0755", hs.CONFIG_DIR)
-    for i in (*BLUE, 101):  # 101: a green instance, started only to break the host
+    host.run("install", "-d", "-m", "0755", LAYOUT.config_dir)
+    for i in (*BLUE, *GREEN):  # green: started only to break the host
         hs.write_instance(host, i, VERSION, warmup=0.2, drain_timeout=DRAIN)
     hs.install_units(host, release, listen, drain_timeout=DRAIN)
     if listen == "reuseport":
         assert hs.apply_sysctl(host) == "1"
     hs.daemon_reload(host)
     if listen == "socket":
-        host.run("systemctl", "start", f"{hs.NAME}.socket")
-        host.run("systemctl", "start", f"{hs.NAME}.service")
-    host.run("systemctl", "start", *(f"{hs.NAME}@{i}" for i in BLUE), timeout=120)
-    hs.write_file(host, f"{hs.CONFIG_DIR}/deploy.json", _record(host, listen) + "\n")
+        host.run("systemctl", "start", LAYOUT.socket_unit)
+        host.run("systemctl", "start", LAYOUT.holder_unit)
+    host.run("systemctl", "start", *(LAYOUT.instance_unit(i) for i in BLUE), timeout=120)
+    hs.write_file(host, LAYOUT.deploy_record, _record(host, listen) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +102,7 @@ def setup(lab_image: Image) -> Iterator[Setup]:
     work = Path(tempfile.mkdtemp(prefix="sockact-infra-selftest-", dir="/var/tmp"))
     lab = Lab(work / "lab")
     try:
-        wheelhouse = hs.build_wheelhouse(work / "wheelhouse")
+        wheelhouse = hs.build_wheelhouse(work / "wheelhouse", versions=(VERSION,))
         first, second = lab.up(2, progress=lambda m: print(f"[lab] {m}", file=sys.stderr))
         with ThreadPoolExecutor(2) as pool:
             done = [
@@ -101,7 +111,7 @@ def setup(lab_image: Image) -> Iterator[Setup]:
             ]
             for fut in done:
                 fut.result()
-        # one ssh connection per host for the whole suite run (see tests/infra/README.md)
+        # one ssh connection per host for the whole run (README.md, "Is this host right?")
         (work / "cp").mkdir()
         cfg = work / "ansible.cfg"
         cfg.write_text(
@@ -114,6 +124,10 @@ def setup(lab_image: Image) -> Iterator[Setup]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+_SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected)")
+_OUTCOME = re.compile(r"^(FAILED|ERROR) \S+::(\w+)\[([^\]\s]+)\](?: - (.*))?$", re.M)
+
+
 @dataclass
 class Run:
     rc: int
@@ -121,54 +135,89 @@ class Run:
     seconds: float
 
     @property
-    def failed(self) -> set[str]:
-        """Names of the failed or erroring checks (without the host parameter)."""
-        return set(re.findall(r"^(?:FAILED|ERROR) \S+::(\w+)", self.out, re.M))
+    def counts(self) -> dict[str, int]:
+        """pytest's last summary line: passed, failed, skipped, error(s)."""
+        last = [line for line in self.out.splitlines() if re.match(r"^=+ .* in [\d.]+s", line)]
+        found = {kind.rstrip("s") if kind.startswith("error") else kind: int(n)
+                 for n, kind in _SUMMARY.findall(last[-1] if last else "")}  # fmt: skip
+        return {k: found.get(k, 0) for k in ("passed", "failed", "skipped", "error")}
 
     @property
-    def passed(self) -> int:
-        m = re.search(r"(\d+) passed", self.out)
-        return int(m.group(1)) if m else 0
+    def failed(self) -> set[str]:
+        """``check[instance]`` (the instance unit's name, or ``host``) of every failed or
+        erroring check."""
+        return set(self.reasons)
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        """``check[instance]`` -> the first line of its failure."""
+        out = {}
+        for _kind, check, test_id, why in _OUTCOME.findall(self.out):
+            # ids: <backend>://<host> for a host's check, <backend>://<host>/<unit> else
+            instance = re.fullmatch(r"\w+://[^/]+/(.+)", test_id)
+            out[f"{check}[{instance.group(1) if instance else 'host'}]"] = why
+        return out
 
 
-def run_suite(s: Setup, pattern: str = "api") -> Run:
+def run_verify(s: Setup, pattern: str = "api") -> Run:
     """The operator's command, against the lab inventory."""
-    cmd = [
-        str(REPO / ".venv" / "bin" / "pytest"),
-        "tests/infra",
-        f"--hosts=ansible://{pattern}",
-        f"--ansible-inventory={s.lab.inventory_path}",
-        "-q",
-        "-rfE",
-        "-p",
-        "no:cacheprovider",
-    ]
+    cmd = [str(SOCKACT), "verify", "-i", str(s.lab.inventory_path), "--hosts", pattern]
     started = time.monotonic()
     proc = subprocess.run(
         cmd,
-        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=SUITE_TIMEOUT,
-        env={**os.environ, "ANSIBLE_CONFIG": str(s.ansible_cfg)},
+        # wide enough for pytest's summary lines to keep each failure's first line
+        env={**os.environ, "ANSIBLE_CONFIG": str(s.ansible_cfg), "COLUMNS": "400"},
         check=False,
     )
     run = Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
-    print(f"suite on {pattern}: exit {run.rc}, {run.seconds:.1f}s, failed {sorted(run.failed)}")
+    print(
+        f"FIGURES sockact verify --hosts {pattern}: exit {run.rc} in {run.seconds:.1f}s, "
+        f"{run.counts}, failed:"
+    )
+    for check, why in sorted(run.reasons.items()):
+        print(f"  {check}: {why}")
     return run
 
 
-def test_suite_passes_on_right_hosts(setup: Setup) -> None:
-    run = run_suite(setup)
-    assert run.rc == 0 and run.passed > 0, run.out
-    # both hosts, every check (tcp_migrate_req is skipped on the socket host)
-    assert run.passed >= 2 * 9, run.out
+def test_verify_passes_on_right_hosts(setup: Setup) -> None:
+    run = run_verify(setup)
+    expected = {
+        "passed": RIGHT["reuseport"]["passed"] + RIGHT["socket"]["passed"],
+        "failed": 0,
+        "skipped": RIGHT["reuseport"]["skipped"] + RIGHT["socket"]["skipped"],
+        "error": 0,
+    }
+    assert (run.rc, run.counts) == (0, expected), run.out
 
 
-def _expect_failure(setup: Setup, check: str, mention: str) -> Run:
-    run = run_suite(setup, setup.reuseport.name)
-    assert run.rc == 1, f"expected the suite to fail (exit 1), got {run.rc}:\n{run.out}"
-    assert check in run.failed, f"{check} did not fail; failed: {sorted(run.failed)}\n{run.out}"
+def test_a_pattern_that_matches_no_host_is_exit_4(setup: Setup) -> None:
+    run = run_verify(setup, "no-such-host")
+    assert run.rc == EXIT_ADDRESS, run.out
+    assert run.out.strip() == (
+        f"sockact: error: --hosts 'no-such-host' matches no host or group of "
+        f"{setup.lab.inventory_path}"
+    ), run.out
+
+
+def _expect_failures(setup: Setup, failed: set[str], mention: str) -> Run:
+    """``sockact verify`` of the broken reuseport host fails exactly the ``failed`` checks
+    (``check[unit]``, or ``check[host]``), says ``mention``, and passes every other check."""
+    run = run_verify(setup, setup.reuseport.name)
+    right = RIGHT["reuseport"]
+    expected = {
+        "passed": right["passed"] - len(failed),
+        "failed": len(failed),
+        "skipped": right["skipped"],
+        "error": 0,
+    }
+    assert run.rc == EXIT_VERIFY_FAILED, f"expected exit {EXIT_VERIFY_FAILED}:\n{run.out}"
+    assert run.failed == failed, (
+        f"failed {sorted(run.failed)}, expected {sorted(failed)}\n{run.out[-20000:]}"
+    )
+    assert run.counts == expected, run.out
     assert mention in run.out, f"{mention!r} not in the output:\n{run.out}"
     # failures explain themselves: the diagnosis of the unit is in the message
     assert "systemctl status" in run.out and "ss -ltnp" in run.out, run.out
@@ -177,66 +226,102 @@ def _expect_failure(setup: Setup, check: str, mention: str) -> Run:
 
 def test_stopped_instance_fails(setup: Setup) -> None:
     host = setup.reuseport
-    host.run("systemctl", "stop", f"{hs.NAME}@2")
+    unit = LAYOUT.instance_unit(2)
+    host.run("systemctl", "stop", unit)
     try:
-        run = _expect_failure(setup, "test_exactly_the_recorded_color_is_active", "api@2.service")
-        assert "test_instances_active_notify_ready_and_check_ok" in run.failed
+        _expect_failures(
+            setup,
+            {
+                f"test_instance_is_running[{hs.NAME}@2]",
+                f"test_instance_is_ready[{hs.NAME}@2]",
+                f"test_instance_check_passes[{hs.NAME}@2]",
+                f"test_instance_holds_the_main_port[{hs.NAME}@2]",
+                f"test_instance_runs_from_its_link[{hs.NAME}@2]",
+                f"test_instance_reports_the_recorded_release[{hs.NAME}@2]",
+                # no process, so no start time to read its journal from
+                f"test_journal_has_no_errors_since_start[{hs.NAME}@2]",
+                # one listener on the port where the record names two instances
+                "test_main_port_listener_count[host]",
+            },
+            f"{unit} of the recorded blue color is not active",
+        )
     finally:
-        host.run("systemctl", "start", f"{hs.NAME}@2", timeout=120)
+        host.run("systemctl", "start", unit, timeout=120)
 
 
 def test_sysctl_off_fails(setup: Setup) -> None:
     host = setup.reuseport
     host.run("sysctl", "-w", "net.ipv4.tcp_migrate_req=0")
     try:
-        run = _expect_failure(
-            setup, "test_tcp_migrate_req_where_reuseport", "net.ipv4.tcp_migrate_req = '0'"
+        _expect_failures(
+            setup, {"test_tcp_migrate_req_is_on[host]"}, "net.ipv4.tcp_migrate_req = 0"
         )
-        assert run.failed == {"test_tcp_migrate_req_where_reuseport"}, run.out
     finally:
         host.run("sysctl", "-w", "net.ipv4.tcp_migrate_req=1")
 
 
 def test_both_colors_running_fails(setup: Setup) -> None:
     host = setup.reuseport
-    host.run("systemctl", "start", f"{hs.NAME}@101", timeout=120)
+    green = LAYOUT.instance_unit(GREEN[0])
+    host.run("systemctl", "start", green, timeout=120)
     try:
-        run = _expect_failure(setup, "test_exactly_the_recorded_color_is_active", "api@101.service")
-        # a third listener on the port, owned by a process the record does not name
-        assert "test_main_port_held_by_the_recorded_instances" in run.failed, run.out
+        _expect_failures(
+            setup,
+            {
+                "test_no_other_instance_runs[host]",
+                # a third listener on the port, owned by a process the record does not name
+                "test_main_port_listener_count[host]",
+                "test_main_port_held_by_nobody_else[host]",
+            },
+            f"running, but not in the record (blue [1, 2]): ['{green}']",
+        )
     finally:
-        host.run("systemctl", "stop", f"{hs.NAME}@101", timeout=60)
+        host.run("systemctl", "stop", green, timeout=60)
 
 
 def test_wrong_release_fails(setup: Setup) -> None:
     host = setup.reuseport
-    path = f"{hs.CONFIG_DIR}/deploy.json"
     other = "0" * 64  # a release the host does not run
-    hs.write_file(host, path, _record(host, "reuseport", other) + "\n")
+    hs.write_file(host, LAYOUT.deploy_record, _record(host, "reuseport", other) + "\n")
     try:
-        run = _expect_failure(
-            setup, "test_instances_run_the_recorded_release", f"recorded {other!r}"
+        _expect_failures(
+            setup,
+            {
+                "test_release_dir_holds_the_recorded_digest[host]",
+                f"test_instance_reports_the_recorded_release[{hs.NAME}@1]",
+                f"test_instance_reports_the_recorded_release[{hs.NAME}@2]",
+            },
+            f"recorded {other!r}",
         )
-        assert run.failed == {"test_instances_run_the_recorded_release"}, run.out
     finally:
-        hs.write_file(host, path, _record(host, "reuseport") + "\n")
+        hs.write_file(host, LAYOUT.deploy_record, _record(host, "reuseport") + "\n")
 
 
 def test_weakened_hardening_fails(setup: Setup) -> None:
     host = setup.reuseport
-    dropin = f"{hs.SYSTEMD_DIR}/{hs.NAME}@2.service.d/weaken.conf"
+    unit = LAYOUT.instance_unit(2)
+    dropin = f"{LAYOUT.unit_dir}/{unit}.d/weaken.conf"
     hs.write_file(host, dropin, "[Service]\nNoNewPrivileges=no\n")
     hs.daemon_reload(host)
-    host.run("systemctl", "restart", f"{hs.NAME}@2", timeout=120)
+    host.run("systemctl", "restart", unit, timeout=120)
     try:
-        run = _expect_failure(setup, "test_hardening_of_running_units_matches_unit_file", "weaken")
+        run = _expect_failures(
+            setup,
+            {
+                f"test_unit_has_no_drop_in[{hs.NAME}@2]",
+                f"test_running_sandbox_is_the_unit_files[{hs.NAME}@2]",
+                f"test_instance_exposure[{hs.NAME}@2]",
+            },
+            "weaken.conf",
+        )
         assert "NoNewPrivileges: running 'no', unit file 'yes'" in run.out, run.out
     finally:
         host.run("rm", "-rf", str(Path(dropin).parent))
         hs.daemon_reload(host)
-        host.run("systemctl", "restart", f"{hs.NAME}@2", timeout=120)
+        host.run("systemctl", "restart", unit, timeout=120)
 
 
-def test_suite_passes_again_after_restoring(setup: Setup) -> None:
-    run = run_suite(setup)
-    assert run.rc == 0 and run.passed > 0, run.out
+def test_verify_passes_again_after_restoring(setup: Setup) -> None:
+    run = run_verify(setup)
+    assert run.rc == 0 and run.counts["failed"] == run.counts["error"] == 0, run.out
+    assert run.counts["passed"] == RIGHT["reuseport"]["passed"] + RIGHT["socket"]["passed"]

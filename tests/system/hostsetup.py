@@ -281,6 +281,41 @@ def admin_get(host: Host, instance: int, path: str = "/ready") -> tuple[int, dic
     return code, doc
 
 
+def host_now(host: Host) -> str:
+    """The host's clock as ``@<epoch>``, for ``journalctl --since`` and :func:`stop_problems`."""
+    return "@" + host.run("date", "+%s").stdout.strip()
+
+
+def stop_problems(
+    host: Host, instances: Iterable[int], since: str, *, name: str = NAME
+) -> list[str]:
+    """How the stopped ``instances`` (units ``<name>@<i>``) ended since ``since`` (host
+    clock, :func:`host_now`), if not cleanly: a unit left failed or not inactive, or the
+    journal's word for a main process that did not exit 0 (a drain that exits 1, a second
+    signal's 130, a kill at TimeoutStopSec). The system and Ansible tests check every stop
+    with it."""
+    problems = []
+    for i in instances:
+        unit = layout.HostLayout(name).instance_unit(i)
+        show = host.run(
+            "systemctl", "show", "--property=ActiveState,Result,ExecMainStatus", unit
+        ).stdout.split()
+        if "ActiveState=inactive" not in show or "Result=success" not in show:
+            problems.append(f"{unit}: {' '.join(show)}")
+        journal = host.run(
+            "journalctl", "--no-pager", "-o", "cat", "-u", unit, "--since", since, check=False
+        ).stdout
+        bad = [
+            line
+            for line in journal.splitlines()
+            if "Failed with result" in line
+            or "code=killed" in line
+            or ("code=exited" in line and "status=0/SUCCESS" not in line)
+        ]
+        problems += [f"{unit}: {line}" for line in bad]
+    return problems
+
+
 def listeners(host: Host, port: int = PORT) -> str:
     return host.run("ss", "-Hltnp", f"sport = :{port}", check=False).stdout
 

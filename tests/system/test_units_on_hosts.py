@@ -151,6 +151,7 @@ def swap_under_load(d: Deployed, name: str) -> tuple[Report, str]:
     """api@1, api@2 (1.0) -> api@3, api@4 (2.0) under load: start 3, stop 1, start 4, stop 2."""
     d.ensure_only(1, 2)
     before = hs.api_units(d.host)
+    since = hs.host_now(d.host)
     probe = load(d.host).start()
     steps: dict[str, float] = {}
     try:
@@ -164,6 +165,8 @@ def swap_under_load(d: Deployed, name: str) -> tuple[Report, str]:
     after = hs.active_api_units(d.host)
     assert report.failed == 0, f"{line}\n{report.format_table()}\n{d.report()}"
     assert report.ok > 1000, line
+    # each old instance drained and exited 0: a drain that exits 1 or 130 fails here
+    assert hs.stop_problems(d.host, [1, 2], since) == [], d.report("api@1", "api@2")
     assert after == ["api@3.service", "api@4.service"], f"{before} -> {after}\n{d.report()}"
     versions = {ver for (_inst, ver) in report.samples}
     assert {"1.0", "2.0"} <= versions, line
@@ -273,10 +276,12 @@ def test_stop_lets_a_request_in_flight_finish(reuseport: Deployed) -> None:
     t = threading.Thread(target=slow)
     t.start()
     time.sleep(0.5)  # the request is with api@1 (the only listener) and sleeping
+    since = hs.host_now(host)
     took, _ = timed(host, "systemctl", "stop", "api@1")
     t.join(20)
     report = reuseport.report("api@1")
     assert not errors and "response" in result, f"{errors}\n{report}"
+    assert hs.stop_problems(host, [1], since) == [], report
     status, body = result["response"]
     assert status == 200 and body["instance"] == 1 and body["slept_ms"] == 3000, body
     assert 2.0 <= took < DRAIN_TIMEOUT, f"stop took {took:.2f}s\n{report}"

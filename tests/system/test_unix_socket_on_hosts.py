@@ -218,6 +218,7 @@ def test_unix_socket_swap_under_load_loses_nothing(unix_mode: Deployed) -> None:
     for i in (11, 12):
         host.run("systemctl", "start", f"{NAME}@{i}", timeout=120)
     assert active_uapi(host) == [f"{NAME}@11.service", f"{NAME}@12.service"], report(host)
+    since = hs.host_now(host)
     load = start_load(host)
     steps: dict[str, float] = {}
     try:
@@ -232,6 +233,8 @@ def test_unix_socket_swap_under_load_loses_nothing(unix_mode: Deployed) -> None:
     line = f"FIGURES unix socket swap 11,12 -> 13,14: {result} steps={steps}"
     print(line, flush=True)
     assert result["failed"] == 0, f"{line}\n{report(host)}"
+    # each old instance drained and exited 0: a drain that exits 1 or 130 fails here
+    assert hs.stop_problems(host, [11, 12], since, name=NAME) == [], report(host)
     assert isinstance(result["ok"], int) and result["ok"] > 500, line
     versions = result["versions"]
     assert isinstance(versions, dict) and {"1.0", "2.0"} <= versions.keys(), line

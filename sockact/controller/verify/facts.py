@@ -1,7 +1,11 @@
-"""Helpers of the testinfra suite: the deploy record, ``systemctl show``, ``ss``, diagnosis.
+"""What the host checks read, parsed: the deploy record, an instance's config, ``ss``
+output, unit files and the system call groups of systemd.
 
-Everything runs through testinfra's ``host`` (``host.run``), so the same code checks a
-host over ssh/ansible or the local machine.
+Pure functions of text: no pytest, no testinfra, no host (the checks fetch the text).
+
+>>> rec, problems = parse_record('{"color": "green", "instances": [1]}')
+>>> rec is None, problems[0]
+(True, 'release=None: must be an object with label, digest and dir')
 """
 
 from __future__ import annotations
@@ -9,12 +13,11 @@ from __future__ import annotations
 import errno
 import json
 import re
+import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-#: first instance number of each color (docs/architecture.md): blue 1..N, green 101..100+N
-COLOR_BASE = {"blue": 1, "green": 101}
-LISTEN_MODES = ("reuseport", "socket")
+from sockact import layout, settings
 
 #: [Service] keys of the instance unit that make up its sandbox; compared key by key
 #: between the installed unit file, what sockact renders, and the running unit.
@@ -58,11 +61,12 @@ HARDENING_KEYS = (
 _SET_KEYS = ("RestrictAddressFamilies", "CapabilityBoundingSet", "AmbientCapabilities")
 _TRUE = ("yes", "true", "on", "1")
 _FALSE = ("no", "false", "off", "0")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class Record:
-    """``/etc/<name>/deploy.json``: what the last finished switch left running."""
+    """``deploy.json`` of a host: what the last finished switch left running."""
 
     color: str
     #: the release: its label, its digest (of its distributions' content), its directory
@@ -72,13 +76,6 @@ class Record:
     instances: tuple[int, ...]
     listen: str
     port: int
-
-    @property
-    def other_color(self) -> str:
-        return "green" if self.color == "blue" else "blue"
-
-    def units(self, name: str) -> list[str]:
-        return [f"{name}@{i}.service" for i in self.instances]
 
 
 def parse_record(text: str) -> tuple[Record | None, list[str]]:
@@ -92,15 +89,15 @@ def parse_record(text: str) -> tuple[Record | None, list[str]]:
     problems = []
     color, rel = data.get("color"), data.get("release")
     instances, listen, port = data.get("instances"), data.get("listen"), data.get("port")
-    if color not in COLOR_BASE:
-        problems.append(f"color={color!r}: must be one of {sorted(COLOR_BASE)}")
+    if color not in layout.COLOR_OFFSETS:
+        problems.append(f"color={color!r}: must be one of {sorted(layout.COLOR_OFFSETS)}")
     if not isinstance(rel, dict):
         problems.append(f"release={rel!r}: must be an object with label, digest and dir")
         rel = {}
     label, digest, rdir = rel.get("label"), rel.get("digest"), rel.get("dir")
     if rel and (not isinstance(label, str) or not label):
         problems.append(f"release.label={label!r}: must be a non-empty string")
-    if rel and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest)):
+    if rel and (not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest)):
         problems.append(f"release.digest={digest!r}: must be a sha256 in hex")
     if rel and (not isinstance(rdir, str) or not rdir.startswith("/")):
         problems.append(f"release.dir={rdir!r}: must be an absolute path")
@@ -110,61 +107,71 @@ def parse_record(text: str) -> tuple[Record | None, list[str]]:
         or not all(isinstance(i, int) and not isinstance(i, bool) for i in instances)
     ):
         problems.append(f"instances={instances!r}: must be a non-empty list of integers")
-    elif color in COLOR_BASE:
-        base = COLOR_BASE[color]
-        wrong = [i for i in instances if not base <= i < base + 100]
+    elif color in layout.COLOR_OFFSETS:
+        wrong = [i for i in instances if _color(i) != color]
         if wrong:
-            problems.append(f"instances {wrong} are not {color} ({base}..{base + 99})")
-    if listen not in LISTEN_MODES:
-        problems.append(f"listen={listen!r}: must be one of {list(LISTEN_MODES)}")
+            first = layout.COLOR_OFFSETS[color] + 1
+            last = first + layout.MAX_PER_COLOR - 1
+            problems.append(f"instances {wrong} are not {color} ({first}..{last})")
+    if listen not in layout.DEPLOY_LISTEN_MODES:
+        problems.append(f"listen={listen!r}: must be one of {list(layout.DEPLOY_LISTEN_MODES)}")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         problems.append(f"port={port!r}: must be an integer 1-65535")
-    if problems:
+    if problems or not isinstance(instances, list) or not isinstance(port, int):
         return None, problems
-    return (
-        Record(
-            str(color), str(label), str(digest), str(rdir), tuple(instances), str(listen), int(port)
-        ),
-        [],
+    record = Record(
+        str(color), str(label), str(digest), str(rdir), tuple(instances), str(listen), port
     )
+    return record, []
 
+
+def _color(instance: int) -> str | None:
+    try:
+        return layout.color_of(instance)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- instance config
+
+
+def instance_settings(toml_text: str | None) -> dict[str, Any]:
+    """An instance's config file as a dict; empty when missing or not TOML (the instance
+    would not start then, and another check says so)."""
+    if not toml_text:
+        return {}
+    try:
+        return tomllib.loads(toml_text)
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def admin_url(cfg: dict[str, Any], instance: int) -> str:
+    """``http://host:port`` of the admin server of ``instance`` with config ``cfg``."""
+    address = str(cfg.get("admin_host") or settings.SERVE["admin_host"].default)
+    port = cfg.get("admin_port") or layout.admin_port(instance)
+    return f"http://{_url_host(address)}:{port}"
+
+
+def main_address(cfg: dict[str, Any]) -> str:
+    """The address the main listener binds (``host``), as testinfra's socket spec wants it."""
+    return str(cfg.get("host") or settings.SERVE["host"].default)
+
+
+# --------------------------------------------------------------------------- command output
 
 #: what ssh itself prints on stderr with UserKnownHostsFile=/dev/null: not the host's output
 _SSH_NOISE = re.compile(r"^Warning: Permanently added .* to the list of known hosts\.?$")
 
 
-def output(res: Any) -> str:
-    """stdout + stderr of a command result, without ssh's own warnings."""
-    lines = (res.stdout + res.stderr).splitlines()
+def without_ssh_noise(text: str) -> str:
+    """``text`` without ssh's own warnings, stripped."""
+    lines = text.splitlines()
     return "\n".join(line for line in lines if not _SSH_NOISE.match(line.strip())).strip()
-
-
-def diagnose(host: Any, unit: str, port: int | None = None) -> str:
-    """What an operator looks at first: ``systemctl status``, the unit's last 30 journal
-    lines, and the listening TCP sockets with their processes."""
-    ss = f"ss -ltnp 'sport = :{int(port)}'" if port else "ss -ltnp"
-    sections = []
-    for command in (
-        f"systemctl status --no-pager --full --lines=0 {unit}",
-        f"journalctl --no-pager -o short-iso -n 30 -u {unit}",
-        ss,
-    ):
-        res = host.run(command)
-        out = output(res) or "(no output)"
-        sections.append(f"--- $ {command}  (exit {res.rc})\n{out}")
-    return f"\n===== diagnosis of {unit} on this host =====\n" + "\n".join(sections)
-
-
-def show(host: Any, unit: str, *props: str, unix_time: bool = False) -> dict[str, str]:
-    """``systemctl show UNIT -p A,B`` as a dict (timestamps as ``@<epoch>`` if asked)."""
-    flags = "--timestamp=unix " if unix_time else ""
-    res = host.run(f"systemctl show {flags}%s -p %s", unit, ",".join(props))
-    values: dict[str, str] = {}
-    for line in res.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
-    return values
 
 
 _USERS_RE = re.compile(r'\("([^"]*)",pid=(\d+),fd=(\d+)\)')
@@ -172,6 +179,8 @@ _USERS_RE = re.compile(r'\("([^"]*)",pid=(\d+),fd=(\d+)\)')
 
 @dataclass(frozen=True)
 class Listener:
+    """One listening socket as ``ss -ltnpH`` shows it."""
+
     local: str
     #: (process name, pid, fd) of every process holding the socket
     holders: tuple[tuple[str, int, int], ...]
@@ -181,22 +190,33 @@ class Listener:
         return {pid for _comm, pid, _fd in self.holders}
 
 
-def listeners(host: Any, port: int) -> tuple[list[Listener], str]:
-    """Listening TCP sockets on ``port`` (``ss -ltnpH 'sport = :PORT'``) and the raw output."""
-    res = host.run("ss -ltnpH %s", f"sport = :{int(port)}")
+def parse_listeners(ss_output: str) -> list[Listener]:
+    """The listening sockets of ``ss -ltnpH`` output."""
     found = []
-    for line in res.stdout.splitlines():
+    for line in ss_output.splitlines():
         fields = line.split()
         if len(fields) < 5:
             continue
         holders = tuple((comm, int(pid), int(fd)) for comm, pid, fd in _USERS_RE.findall(line))
         found.append(Listener(fields[3], holders))
-    return found, res.stdout
+    return found
+
+
+_EXPOSURE_RE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
+
+
+def parse_exposure(text: str) -> float | None:
+    """The overall exposure of ``systemd-analyze security UNIT`` output, or None."""
+    match = _EXPOSURE_RE.search(text)
+    return float(match.group(1)) if match else None
+
+
+# --------------------------------------------------------------------------- unit files
 
 
 def unit_settings(text: str, section: str = "Service") -> dict[str, list[str]]:
     """Assignments in one section of a unit file; an empty assignment resets a list key."""
-    settings: dict[str, list[str]] = {}
+    found: dict[str, list[str]] = {}
     current = ""
     for raw in text.splitlines():
         line = raw.strip()
@@ -210,25 +230,24 @@ def unit_settings(text: str, section: str = "Service") -> dict[str, list[str]]:
         key, _, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if value == "":
-            settings[key] = [""]
+            found[key] = [""]
         else:
-            settings.setdefault(key, [])
-            settings[key] = [v for v in settings[key] if v != ""] + [value]
-    return settings
+            found[key] = [v for v in found.get(key, []) if v != ""] + [value]
+    return found
 
 
 def hardening(text: str) -> dict[str, list[str]]:
-    """The sandbox settings (``HARDENING_KEYS``) of an instance unit file."""
-    settings = unit_settings(text)
-    return {key: settings[key] for key in HARDENING_KEYS if key in settings}
+    """The sandbox settings (:data:`HARDENING_KEYS`) of an instance unit file."""
+    found = unit_settings(text)
+    return {key: found[key] for key in HARDENING_KEYS if key in found}
 
 
-def syscall_groups(host: Any) -> dict[str, set[str]]:
-    """Every ``@group`` systemd knows on this host -> its members (groups not expanded)."""
-    res = host.run("systemd-analyze syscall-filter --no-pager")
+def syscall_groups(text: str) -> dict[str, set[str]]:
+    """``systemd-analyze syscall-filter`` output: every ``@group`` -> its members (groups
+    inside groups not expanded)."""
     groups: dict[str, set[str]] = {}
     current = None
-    for line in res.stdout.splitlines():
+    for line in text.splitlines():
         if line.startswith("@"):
             current = groups.setdefault(line.strip(), set())
         elif current is not None and line.startswith(" ") and line.strip()[:1] not in ("#", ""):
@@ -237,6 +256,7 @@ def syscall_groups(host: Any) -> dict[str, set[str]]:
 
 
 def expand_syscalls(words: list[str], groups: dict[str, set[str]]) -> set[str]:
+    """System call names and ``@groups`` -> the system calls they name."""
     out: set[str] = set()
     todo = list(words)
     seen: set[str] = set()
@@ -272,14 +292,15 @@ def normalize(key: str, values: list[str]) -> str:
         return " ".join(sorted(value.split()))
     if key == "SystemCallErrorNumber" and hasattr(errno, value):
         return str(getattr(errno, value))
-    if value.lower() in _TRUE and key not in ("UMask",):
+    if key != "UMask" and value.lower() in _TRUE:
         return "yes"
-    if value.lower() in _FALSE and key not in ("UMask",):
+    if key != "UMask" and value.lower() in _FALSE:
         return "no"
     return value
 
 
 def normalize_shown(key: str, value: str) -> str:
+    """A ``systemctl show`` value in the form :func:`normalize` gives."""
     if key in _SET_KEYS:
         return " ".join(sorted(value.split()))
     return value
