@@ -1,5 +1,5 @@
 """Command line: ``sockact serve | check-config | print-config | units | probe | timeline |
-canary | layout | settings | release``.
+canary | rollout | layout | settings | release``.
 
 Only this module ends the process: every other module raises
 :class:`sockact.errors.SockactError`, which is mapped here to its exit code.
@@ -18,7 +18,7 @@ from sockact.errors import EXIT_INTERNAL, SockactError
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
     from sockact import layout, settings
-    from sockact.controller import canary, probe, timeline, units
+    from sockact.controller import canary, probe, rollout, timeline, units
     from sockact.runtime import commands, release
 
     parser = argparse.ArgumentParser(
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 internal error, 2 bad input, 3 app failed (factory, "
         "warm-up, health gate), 4 address problem, 6 probe saw a failed request (or none), "
         "7 canary failed, 8 the main listener failed while serving (systemd restarts it), "
+        "9 rollout: the command run under load failed, "
         "130 forced stop (a second stop signal). See README.md.",
     )
     parser.add_argument("--version", action="version", version=f"sockact {__version__}")
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_subcommand(sub)
     canary.add_subcommand(sub)
     timeline.add_subcommand(sub)
+    rollout.add_subcommand(sub)
     layout.add_subcommand(sub)
     settings.add_subcommand(sub)
     release.add_subcommand(sub)

@@ -15,6 +15,8 @@ EXIT_CANARY_FAILED = 7  # sockact canary: the new color is worse, or too few req
 #: The main listener failed while serving. Not in the unit's RestartPreventExitStatus=
 #: (2 3 4): a fresh start gets a fresh socket, so systemd restarts the instance.
 EXIT_LISTENER_FAILED = 8
+#: ``sockact rollout run``: the command it ran under load (a deploy) failed
+EXIT_COMMAND_FAILED = 9
 EXIT_FORCED = 130
 
 

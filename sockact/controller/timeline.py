@@ -263,7 +263,7 @@ def render_timeline(
     start = min([0.0, *(e.t for e in evs)])
     ax_ev.set_xlim(start, end + 0.02 * (end - start))
 
-    fig.suptitle(title or _title(report), fontsize=10)
+    fig.suptitle(title or default_title(report), fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.savefig(out, format="png")
@@ -272,7 +272,8 @@ def render_timeline(
     return out
 
 
-def _title(report: Mapping[str, Any]) -> str:
+def default_title(report: Mapping[str, Any]) -> str:
+    """The date, the targets, the load and its figures (two lines)."""
     started = report.get("started_at")
     when = (
         datetime.fromtimestamp(float(started), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
