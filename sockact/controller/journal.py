@@ -9,8 +9,11 @@ entries are used, never the controller's clock:
   or failed;
 * sockact's entries (they carry ``INSTANCE`` and ``PHASE``): ``warm-up took X s``,
   ``serving on ...`` (sent with READY=1), ``SIGTERM: draining N connection(s)``,
-  ``drained in X s, ...`` or ``drain_timeout X s ran out: cut N connection(s)``, and any
-  entry in phase ``failed``. The texts are those of :mod:`sockact.runtime.lifecycle`.
+  ``drained in X s, ...`` or ``drain_timeout X s ran out: cut N connection(s)``,
+  ``closed N connection(s) with request bytes unread``, any entry in phase
+  ``failed``, and the plain stderr line ``sockact: error: ...`` of a failed start. The
+  texts are those of :mod:`sockact.runtime.lifecycle` (tests/integration/
+  test_journal_messages.py reads them from real instances).
 
 From them :func:`lives` makes one :class:`Life` per instance start (or per instance seen
 stopping), and :func:`host_switch` the blue/green switch of one host: the instances that
@@ -42,7 +45,9 @@ _WARMUP = re.compile(r"^warm-up took (?P<s>[0-9.]+) s$")
 _SERVING = re.compile(r"^serving on ")
 _DRAINING = re.compile(r"^\S+: draining (?P<n>\d+) connection\(s\)")
 _DRAINED = re.compile(r"^drained in (?P<s>[0-9.]+) s, (?P<rest>.*)$")
-_UNREAD = re.compile(r"^(?P<n>\d+) connection\(s\) closed with requests unread")
+_UNREAD = re.compile(r"^closed (?P<n>\d+) connection\(s\) with request bytes unread")
+#: what sockact.cli prints before an exit other than 0 (a plain stderr line)
+_ERROR: Final = "sockact: error: "
 _TIMED_OUT = re.compile(r"^drain_timeout (?P<s>[0-9.]+) s ran out: cut (?P<n>\d+) connection\(s\)")
 
 
@@ -136,14 +141,21 @@ class Life:
     #: sockact's "draining": the listener closed, open connections finishing
     drain_start: float | None = None
     drain_s: float | None = None
-    #: connections closed at drain_timeout, or with request bytes unread
-    cut: int = 0
+    #: connections the drain closed with a request unfinished at drain_timeout
+    cut_timeout: int = 0
+    #: connections closed with request bytes unread (pipelined after Connection: close)
+    cut_unread: int = 0
     drain_timed_out: bool = False
     #: the unit stopped (or failed) and its process is gone
     stopped: float | None = None
     #: why it failed (sockact's line in phase "failed", or systemd's result)
     failure: str = ""
     entries: list[Entry] = field(default_factory=list, repr=False)
+
+    @property
+    def cut(self) -> int:
+        """Connections the drain closed unfinished (``sockact_connections_cut_total``)."""
+        return self.cut_timeout + self.cut_unread
 
     @property
     def start_to_ready_s(self) -> float | None:
@@ -182,6 +194,8 @@ def lives(entries: Sequence[Entry]) -> list[Life]:
             life.failure = life.failure or e.message
         elif e.from_sockact:
             _sockact_entry(life, e)
+        elif not e.message_id:
+            _stderr_entry(life, e)
     return out
 
 
@@ -195,14 +209,20 @@ def _sockact_entry(life: Life, e: Entry) -> None:
         life.drain_start = e.time
     elif m := _DRAINED.match(msg):
         life.drain_s = float(m.group("s"))
-        if u := _UNREAD.match(m.group("rest")):
-            life.cut += int(u.group("n"))
     elif m := _TIMED_OUT.match(msg):
         life.drain_s = float(m.group("s"))
         life.drain_timed_out = True
-        life.cut += int(m.group("n"))
+        life.cut_timeout = int(m.group("n"))
+    elif m := _UNREAD.match(msg):  # logged before the drain's last line, in both cases
+        life.cut_unread = int(m.group("n"))
     elif e.phase == "failed" and not life.failure:
         life.failure = msg
+
+
+def _stderr_entry(life: Life, e: Entry) -> None:
+    """A plain line the process wrote to stderr: sockact's last words before an exit."""
+    if e.message.startswith(_ERROR) and not life.failure:
+        life.failure = e.message.removeprefix(_ERROR)
 
 
 def _label(release: Any) -> str | None:
@@ -325,7 +345,8 @@ class HostSwitch:
                 "stopping": x.stopping,
                 "drain_start": x.drain_start,
                 "drain_s": x.drain_s,
-                "cut": x.cut,
+                "cut_timeout": x.cut_timeout,
+                "cut_unread": x.cut_unread,
                 "drain_timed_out": x.drain_timed_out,
                 "stopped": x.stopped,
                 "failure": x.failure or None,

@@ -38,6 +38,7 @@ def test_exit_codes_are_distinct() -> None:
         errors.EXIT_PROBE_FAILED,
         errors.EXIT_CANARY_FAILED,
         errors.EXIT_LISTENER_FAILED,
+        errors.EXIT_COMMAND_FAILED,
         errors.EXIT_FORCED,
     ]
     assert len(set(codes)) == len(codes)
