@@ -576,7 +576,7 @@ def _draw(
     try:
         render_timeline(report, events_from(events, 0.0), png, title)
     except MissingExtra as exc:
-        return exc.message
+        return exc.message.removeprefix("timeline: ")
     return ""
 
 
