@@ -314,21 +314,25 @@ class HostSwitch:
         return "ok"
 
     def events(self, t0: float = 0.0) -> list[dict[str, Any]]:
-        """Timeline events (``sockact timeline --events``): per instance, the new color's
-        start and READY, the old color's drain and stop; ``t`` seconds after ``t0``."""
+        """Timeline events (``sockact timeline --events``), ``t`` seconds after ``t0``: per
+        new instance its start (a span up to READY) and READY, per old instance its drain
+        (a span up to the stop) and its stop, and every failure."""
         out: list[dict[str, Any]] = []
 
-        def add(when: float | None, label: str, life: Life) -> None:
-            if when is not None:
-                out.append(
-                    {"t": round(when - t0, 3), "host": self.host, "label": label, "unit": life.unit}
-                )
+        def add(when: float | None, label: str, life: Life, until: float | None = None) -> None:
+            if when is None:
+                return
+            event = {"t": round(when - t0, 3), "host": self.host, "label": label}
+            if until is not None and until >= when:
+                event["duration"] = round(until - when, 3)
+            out.append({**event, "unit": life.unit})
 
         for x in self.new:
-            add(x.start, "new: start", x)
+            add(x.start, "new: start -> READY", x, x.ready)
             add(x.ready, "new: READY", x)
         for x in self.old:
-            add(x.drain_start if x.drain_start is not None else x.stopping, "old: drain", x)
+            began = x.drain_start if x.drain_start is not None else x.stopping
+            add(began, "old: drain -> stopped", x, x.stopped)
             add(x.stopped, "old: stopped", x)
         for x in (*self.new, *self.old):
             if x.failure:

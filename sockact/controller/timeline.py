@@ -58,20 +58,33 @@ _FAILURE_COLORS = {
     "other": "#999999",
 }
 _EVENT_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+_EVENT_COLORS = (
+    "#ee7733",
+    "#009988",
+    "#cc3311",
+    "#0077bb",
+    "#ee3377",
+    "#33bbee",
+    "#bbbbbb",
+    "#000000",
+)
 
 
 @dataclass(frozen=True)
 class Event:
-    """Something a host did, ``t`` seconds after the probe started."""
+    """Something a host did, ``t`` seconds after the probe started; with ``duration``, a
+    span (a warm-up, a drain) drawn as a bar from ``t`` in the host's lane."""
 
     t: float
     host: str
     label: str
+    duration: float | None = None
 
 
 def events_from(items: Iterable[Mapping[str, Any]], started_at: float) -> list[Event]:
     """Events from dicts with ``host``, ``label`` and either ``t`` (seconds after the
-    probe started) or ``time`` (Unix time, aligned with the report's ``started_at``)."""
+    probe started) or ``time`` (Unix time, aligned with the report's ``started_at``), and
+    optionally ``duration`` (seconds: a span)."""
     out = []
     for n, item in enumerate(items, 1):
         if not isinstance(item, Mapping):
@@ -85,7 +98,12 @@ def events_from(items: Iterable[Mapping[str, Any]], started_at: float) -> list[E
             t = float(item["time"]) - started_at
         else:
             raise BadInput(f"timeline: event {n}: needs a number 't' or 'time'")
-        out.append(Event(t, host, label))
+        duration = item.get("duration")
+        if duration is not None and (
+            not isinstance(duration, int | float) or not 0 <= duration < math.inf
+        ):
+            raise BadInput(f"timeline: event {n}: 'duration' must be a number of seconds >= 0")
+        out.append(Event(t, host, label, None if duration is None else float(duration)))
     return out
 
 
@@ -238,15 +256,23 @@ def render_timeline(
     if report.get("mode") == "open":
         ax_lat.set_title("latency from each request's due time", fontsize=9, loc="right")
 
-    # 3. events per host
+    # 3. events per host: spans as bars, then the points on top
     for i, label in enumerate(labels):
         mine = [e for e in evs if e.label == label]
+        color = _EVENT_COLORS[i % len(_EVENT_COLORS)]
+        for e in mine:
+            if e.duration is not None:
+                lane = hosts.index(e.host)
+                ax_ev.broken_barh(
+                    [(e.t, max(e.duration, 0.0))], (lane - 0.3, 0.6), color=color, alpha=0.35
+                )
         ax_ev.scatter(
             [e.t for e in mine],
             [hosts.index(e.host) for e in mine],
             marker=_EVENT_MARKERS[i % len(_EVENT_MARKERS)],
             s=45,
-            label=label,
+            color=color,
+            label=label + (" (bar: how long)" if any(e.duration for e in mine) else ""),
             zorder=3,
         )
     for e in evs:
@@ -259,7 +285,7 @@ def render_timeline(
         ax_ev.legend(loc="upper left", fontsize=8, ncol=min(4, len(labels)), framealpha=0.85)
     ax_ev.set_xlabel("seconds since the probe started")
     ax_ev.grid(axis="x", alpha=0.3)
-    end = max([*(t + width_s for t in ts), *(e.t for e in evs), 0.0]) or 1.0
+    end = max([*(t + width_s for t in ts), *(e.t + (e.duration or 0.0) for e in evs), 0.0]) or 1.0
     start = min([0.0, *(e.t for e in evs)])
     ax_ev.set_xlim(start, end + 0.02 * (end - start))
 
@@ -314,7 +340,8 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         ),
         epilog=(
             "Events file: a JSON list (or JSON lines) of objects with 'host', 'label' and "
-            "either 't' (seconds after the probe started) or 'time' (Unix time). "
+            "either 't' (seconds after the probe started) or 'time' (Unix time), and "
+            "optionally 'duration' (seconds: a span, drawn as a bar). "
             "Exit codes: 0 written; 2 bad input, or matplotlib missing."
         ),
     )
