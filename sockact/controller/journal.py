@@ -31,14 +31,16 @@ from typing import Any, Final
 
 from sockact.errors import BadInput
 
-# systemd's catalog ids (sd-messages.h); the same in every systemd since 2013-2021
+# systemd's catalog ids (sd-messages.h): stable across versions; tests/unit/data/deploy has
+# them as systemd 252 (Debian 12) writes them
 MSG_UNIT_STARTING: Final = "7d4958e842da4a758f6c1cdc7b36dcc5"
 MSG_UNIT_STARTED: Final = "39f53479d3a045ac8e11786248231fbf"
-MSG_UNIT_STOPPING: Final = "de5b426a63be47a7b6ac3eb7b1d59cc3"
-MSG_UNIT_STOPPED: Final = "9d1aaa27d60140bd96365fd031ba6f29"
+MSG_UNIT_STOPPING: Final = "de5b426a63be47a7b6ac3eaac82e2f6f"
+MSG_UNIT_STOPPED: Final = "9d1aaa27d60140bd96365438aad20286"
 MSG_UNIT_SUCCESS: Final = "7ad2d189f7e94e70a38c781354912448"  # "Deactivated successfully."
 MSG_UNIT_FAILURE_RESULT: Final = "d9b373ed55a64feb8242e02dbe79a49c"  # "Failed with result ..."
 MSG_UNIT_PROCESS_EXIT: Final = "98e322203f7a4ed290d09fe03c09fe15"  # "Main process exited ..."
+MSG_UNIT_FAILED: Final = "be02cf6855d2428ba40df7e9d022f03d"  # "Failed to start ..."
 
 # sockact's own messages (sockact/runtime/lifecycle.py)
 _WARMUP = re.compile(r"^warm-up took (?P<s>[0-9.]+) s$")
@@ -187,10 +189,14 @@ def lives(entries: Sequence[Entry]) -> list[Life]:
         life.entries.append(e)
         if e.message_id == MSG_UNIT_STOPPING:
             life.stopping = e.time
+        elif e.message_id == MSG_UNIT_STARTED:  # READY=1 reached systemd
+            life.ready = life.ready or e.time  # sockact's own "serving on" comes first
+        elif e.message_id == MSG_UNIT_PROCESS_EXIT:  # logged when it exited non-zero
+            life.failure = life.failure or e.message
         elif e.message_id in (MSG_UNIT_STOPPED, MSG_UNIT_SUCCESS):
             life.stopped = e.time
-        elif e.message_id == MSG_UNIT_FAILURE_RESULT:
-            life.stopped = e.time
+        elif e.message_id in (MSG_UNIT_FAILURE_RESULT, MSG_UNIT_FAILED):
+            life.stopped = life.stopped or e.time
             life.failure = life.failure or e.message
         elif e.from_sockact:
             _sockact_entry(life, e)

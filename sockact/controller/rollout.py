@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,14 +78,17 @@ _RECAP = re.compile(r"^PLAY RECAP \**$")
 
 class AnsiblePhase:
     """Follows ``ansible-playbook``'s default output: the play, the hosts that answered in
-    it (with ``serial``, the batch being switched), and the task running."""
+    it (with ``serial``, the batch being switched), and the task running; and when each
+    play began (``plays``: monotonic time, name), for the timeline's controller lane."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.play = ""
         self.task = ""
         self.hosts: list[str] = []
+        self.plays: list[tuple[float, str]] = []
         self.lines = 0
         self.last = ""
+        self._clock = clock
         self._lock = threading.Lock()
 
     def feed(self, line: str) -> None:
@@ -96,45 +99,60 @@ class AnsiblePhase:
                 self.last = " ".join(line.split())
             if m := _PLAY.match(line):
                 self.play, self.task, self.hosts = m.group("name"), "", []
+                self.plays.append((self._clock(), self.play))
             elif _RECAP.match(line):
                 self.task, self.hosts = "recap", []
+                self.plays.append((self._clock(), ""))
             elif m := _TASK.match(line):
                 self.task = m.group("name")
-            elif (m := _RESULT.match(line)) and m.group("h") not in self.hosts:
-                self.hosts.append(m.group("h"))
+            elif m := _RESULT.match(line):
+                host = m.group("h").split(" -> ")[0]  # "h -> localhost": delegated
+                if host not in self.hosts:
+                    self.hosts.append(host)
 
     @property
     def text(self) -> str:
+        """``Play [hosts]: task``, the play by its first word (Preflight, Install, Switch)."""
         with self._lock:
             if not self.play:  # not Ansible (yet): its last line says what it does
                 return self.last or "starting"
-            hosts = f" [{', '.join(self.hosts[:3])}{' ...' if len(self.hosts) > 3 else ''}]"
+            play = self.play.split()[0] if self.play.split() else "?"
+            hosts = ""
+            if self.hosts:
+                shown = self.hosts if len(self.hosts) <= 2 else [f"{len(self.hosts)} hosts"]
+                hosts = f" [{', '.join(shown)}]"
             task = self.task.removeprefix("sockact : ")
-            return f"{self.play}{hosts if self.hosts else ''}: {task or '...'}"
+            return f"{play}{hosts}: {task or '...'}"
 
 
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+#: width of the phase in a progress line
+PHASE_WIDTH: Final = 56
+
+
 def progress_line(elapsed: float, phase: str, p: Mapping[str, Any] | None) -> str:
-    """One line for a human: time, phase, and the probe's figures (``Probe.progress()``)."""
+    """One line for a human: time, phase, and the probe's figures (``Probe.progress()``):
+    requests so far and their rate, failures by kind, p99 and max latency of the last
+    interval, and the share of its answers each version gave."""
     m, s = divmod(int(elapsed), 60)
-    head = f"{m:3d}:{s:02d}  {_shorten(phase, 64)}"
+    head = f"{m:3d}:{s:02d}  {_shorten(phase, PHASE_WIDTH)}"
     if p is None:
         return head
     w = p["window"]
-    fails = ", ".join(f"{k} {n}" for k, n in p["failures"].items())
+    fails = ", ".join(f"{k} {n:,}" for k, n in p["failures"].items())
     failed = f"FAILED {p['failed']:,} ({fails})" if p["failed"] else "0 failed"
     wtotal = sum(w["versions"].values())
     share = (
-        " ".join(f"{v} {100 * n / wtotal:.0f}%" for v, n in w["versions"].items())
+        " ".join(f"{v} {100 * n / wtotal:.0f}%" for v, n in sorted(w["versions"].items()))
         if wtotal
         else "-"
     )
     return (
-        f"{head}  | {p['requests']:,} req {w['rps']:,.0f}/s {failed}"
-        f" | p99 {w['p99_ms']:.0f} ms max {w['max_ms']:.0f} ms | answered {share}"
+        f"{head.ljust(PHASE_WIDTH + 8)} | {p['requests']:>9,} req {w['rps']:>6,.0f}/s {failed}"
+        f" | p99 {w['p99_ms']:>5.0f} ms max {w['max_ms']:>5.0f} ms | answered {share}"
     )
 
 
@@ -208,7 +226,7 @@ class RunOptions:
     port: int = 8080
     path: str = "/"
     name: str = "api"
-    rate: str = "50%"
+    rate: str = "25%"
     capacity_seconds: float = 3.0
     every: float = 3.0
     tail: float = 2.0
@@ -300,6 +318,12 @@ def run(opts: RunOptions) -> int:
         meta.update(command_rc=rc, command_s=round(command_s, 3), command_began=began)
         _say(f"{opts.label}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {command_s:.1f} s")
         if probe is not None:
+            # the plays on the probe's time base: the controller's lane of the timeline
+            probe_t0 = time.monotonic() - probe.elapsed()
+            meta["command_t"] = [round(t0 - probe_t0, 3), round(t0 + command_s - probe_t0, 3)]
+            meta["plays"] = [
+                {"t": round(when - probe_t0, 3), "play": name} for when, name in phase.plays
+            ]
             if opts.tail > 0 and not interrupted:
                 time.sleep(opts.tail)  # a little traffic on what the command left
             report = probe.stop()
@@ -475,6 +499,32 @@ def switches_of(out: Path, meta: Mapping[str, Any], report: Mapping[str, Any]) -
     return result
 
 
+#: the timeline's lane of the Ansible plays (the controller's clock, not a host's)
+PLAYS_LANE: Final = "ansible (controller)"
+
+
+def play_events(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Ansible plays as spans on the probe's time base, each up to the next play (or
+    the recap, or the command's end), labelled by the play's first word."""
+    plays = list(meta.get("plays") or [])
+    end = (meta.get("command_t") or [None, None])[1]
+    out = []
+    for i, p in enumerate(plays):
+        if not p.get("play"):
+            continue
+        until = plays[i + 1]["t"] if i + 1 < len(plays) else end
+        event: dict[str, Any] = {
+            "t": p["t"],
+            "host": PLAYS_LANE,
+            "label": f"play: {str(p['play']).split()[0]}",
+            "play": p["play"],
+        }
+        if until is not None and until >= p["t"]:
+            event["duration"] = round(float(until) - float(p["t"]), 3)
+        out.append(event)
+    return out
+
+
 def _fmt_ms(v: Any) -> str:
     return f"{float(v):.1f} ms"
 
@@ -486,7 +536,7 @@ def summarize(out: Path, draw: bool = True) -> Summary:
     report = _read_json(out / "probe.json")
     switches = switches_of(out, meta, report)
     started_at = float(report.get("started_at") or 0.0)
-    events = [e for s in switches for e in s.events(started_at)]
+    events = [*play_events(meta), *(e for s in switches for e in s.events(started_at))]
     _write_json(out / "events.json", events)
     rc = meta.get("command_rc")
     label = str(meta.get("label", "deploy"))
@@ -616,10 +666,10 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     r.add_argument("--name", default="api", help="unit name: <name>@N.service (api)")
     r.add_argument(
         "--rate",
-        default="50%",
+        default="25%",
         metavar="R|P%|none",
         help="open-loop load: R requests/s, or P%% of the capacity measured first "
-        "(default 50%%); none: no load, no journal, progress and log only",
+        "(default 25%%); none: no load, no journal, progress and log only",
     )
     r.add_argument("--capacity-seconds", type=float, default=3.0, metavar="S")
     r.add_argument("--every", type=float, default=3.0, metavar="S", help="progress line (3 s)")

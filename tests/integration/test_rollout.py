@@ -87,8 +87,8 @@ def test_a_deploy_under_load_shows_progress_and_a_summary(
     # progress lines: time, play, hosts, task, requests, failures, the version answering
     lines = [x for x in out.splitlines() if "| p99" in x]
     assert len(lines) >= 2, out
-    assert any("host by host: Start the instances of green" in x for x in lines), out
-    assert any("host by host [local]: Stop the old color" in x for x in lines), out
+    assert any("Switch: Start the instances of green" in x for x in lines), out
+    assert any("Switch [local]: Stop the old color" in x for x in lines), out
     assert all("0 failed" in x and "answered 1.0.0 100%" in x for x in lines[1:]), out
     # the command's own output is in the log, not on the terminal
     log = (run / "ansible.log").read_text()
