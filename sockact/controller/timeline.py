@@ -160,6 +160,8 @@ def render_timeline(
     started (``Probe.elapsed()`` at the time, or Unix time - ``report["started_at"]``).
     """
     figure_cls, canvas_cls = _matplotlib()
+    from matplotlib import ticker
+
     evs = [e if isinstance(e, Event) else Event(float(e[0]), e[1], e[2]) for e in events]
     out = Path(out)
     buckets: list[Mapping[str, Any]] = list(report.get("buckets") or [])
@@ -250,6 +252,9 @@ def render_timeline(
         ax_lat.step([*sx, sx[-1] + 1], [*p99, p99[-1]], where="post", color="#333333", label="p99")
         ax_lat.scatter([x + 0.5 for x in sx], mx, s=10, color="#cc3311", label="max", zorder=3)
         ax_lat.set_yscale("log")
+        ax_lat.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_lat.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_lat.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax_lat.legend(loc="upper left", fontsize=8)
     ax_lat.set_ylabel("latency per s, ms")
     ax_lat.grid(alpha=0.3, which="both")
@@ -272,7 +277,7 @@ def render_timeline(
             marker=_EVENT_MARKERS[i % len(_EVENT_MARKERS)],
             s=45,
             color=color,
-            label=label + (" (bar: how long)" if any(e.duration for e in mine) else ""),
+            label=label,
             zorder=3,
         )
     for e in evs:
@@ -282,7 +287,14 @@ def render_timeline(
     ax_ev.set_ylim(-0.6, lanes - 0.4)
     ax_ev.invert_yaxis()
     if labels:
-        ax_ev.legend(loc="upper left", fontsize=8, ncol=min(4, len(labels)), framealpha=0.85)
+        # below the lanes, so that it hides none of them
+        ax_ev.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.45 / (0.6 + 0.35 * lanes)),
+            fontsize=8,
+            ncol=min(5, len(labels)),
+            frameon=False,
+        )
     ax_ev.set_xlabel("seconds since the probe started")
     ax_ev.grid(axis="x", alpha=0.3)
     end = max([*(t + width_s for t in ts), *(e.t + (e.duration or 0.0) for e in evs), 0.0]) or 1.0
