@@ -3,8 +3,9 @@
 Its own distribution (``sockact-demo``, examples/demo), not part of sockact. It reports
 the version of its installed distribution, from its own metadata only (a release is what
 is installed, nothing a deploy writes into the environment). Environment:
-``DEMO_WARMUP`` (seconds the warm-up takes, default 1), ``DEMO_FAIL`` (when ``1``, the
-warm-up raises: a broken release)::
+``DEMO_WARMUP`` (seconds the warm-up takes, default 1), ``DEMO_FAIL`` (``1``: the
+warm-up raises; ``500``: the warm-up is fine but every request answers 500; broken
+releases, for tests)::
 
     sockact serve --app sockact_demo:create_app --warmup sockact_demo:warmup --instance 1
     curl localhost:8080/          # {"instance": 1, "pid": ..., "version": "1.0.0"}
@@ -42,6 +43,12 @@ def create_app() -> Flask:
     app.config["VERSION"] = _installed_version()
     app.config["INSTANCE"] = int(os.environ.get("SOCKACT_INSTANCE", "0") or 0)
     app.config["WARM"] = False
+
+    if os.environ.get("DEMO_FAIL") == "500":
+
+        @app.before_request
+        def broken() -> ResponseReturnValue:
+            return jsonify(error="DEMO_FAIL=500: this release answers 500 on purpose"), 500
 
     @app.get("/")
     def index() -> ResponseReturnValue:
