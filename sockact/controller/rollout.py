@@ -335,6 +335,8 @@ def run(opts: RunOptions) -> int:
     finally:
         if progress_out is not None:
             progress_out.close()
+        if probe is not None and probe.report is None:  # an error on the way: no load left
+            probe.stop()
     if not load:
         _write_json(opts.out / META, meta)
         _say(f"{opts.label}: log {opts.log}")
