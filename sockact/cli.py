@@ -1,5 +1,5 @@
 """Command line: ``sockact serve | check-config | print-config | units | probe | timeline |
-canary | layout | settings | release | verify``.
+canary | rollout | layout | settings | release | verify``.
 
 Only this module ends the process: every other module raises
 :class:`sockact.errors.SockactError`, which is mapped here to its exit code.
@@ -19,7 +19,7 @@ from sockact.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, SockactError
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
     from sockact import layout, settings
-    from sockact.controller import canary, probe, timeline, units
+    from sockact.controller import canary, probe, rollout, timeline, units
     from sockact.controller.verify import command as verify
     from sockact.runtime import commands, release
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "warm-up, health gate), 4 address problem, 6 probe saw a failed request (or none), "
         "7 canary failed, 8 the main listener failed while serving (systemd restarts it), "
         "9 verify: a check failed on a host (4: the pattern matched no host), "
+        "10 rollout: the command run under load failed, "
         "130 forced stop (a second stop signal), 141 the output's reader went away. "
         "See README.md.",
     )
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_subcommand(sub)
     canary.add_subcommand(sub)
     timeline.add_subcommand(sub)
+    rollout.add_subcommand(sub)
     layout.add_subcommand(sub)
     settings.add_subcommand(sub)
     release.add_subcommand(sub)

@@ -17,6 +17,8 @@ EXIT_CANARY_FAILED = 7  # sockact canary: the new color is worse, or too few req
 #: (2 3 4): a fresh start gets a fresh socket, so systemd restarts the instance.
 EXIT_LISTENER_FAILED = 8
 EXIT_VERIFY_FAILED = 9  # sockact verify: a check failed on a host
+#: ``sockact rollout run``: the command it ran under load (a deploy) failed
+EXIT_COMMAND_FAILED = 10
 EXIT_FORCED = 130
 #: stdout was closed by its reader (`sockact layout | head`): 128 + SIGPIPE, what a shell
 #: reports for a command that SIGPIPE ended

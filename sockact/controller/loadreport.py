@@ -69,6 +69,8 @@ class Bucket:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    #: failed requests per target, in the order of Report.targets (empty: none failed)
+    targets_failed: tuple[int, ...] = ()
 
     @property
     def t(self) -> float:
@@ -86,6 +88,7 @@ class Bucket:
             "failures": dict(self.failures),
             "late": self.late,
             "targets": list(self.targets),
+            "targets_failed": list(self.targets_failed) or [0] * len(self.targets),
             "answered": [[inst, ver, n] for inst, ver, n in self.answered],
             "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
@@ -251,13 +254,14 @@ class Report:
 
 
 class BucketCounts:
-    __slots__ = ("answered", "failures", "lat", "late", "ok", "targets")
+    __slots__ = ("answered", "failures", "lat", "late", "ok", "targets", "targets_failed")
 
     def __init__(self, ntargets: int) -> None:
         self.ok = 0
         self.late = 0
         self.failures: Counter[str] = Counter()
         self.targets = [0] * ntargets
+        self.targets_failed = [0] * ntargets
         self.answered: Counter[SampleKey] = Counter()
         self.lat = array("d")
 
@@ -267,6 +271,8 @@ class BucketCounts:
         self.failures.update(other.failures)
         for i, n in enumerate(other.targets):
             self.targets[i] += n
+        for i, n in enumerate(other.targets_failed):
+            self.targets_failed[i] += n
         self.answered.update(other.answered)
         self.lat.extend(other.lat)
 
@@ -332,6 +338,7 @@ class Stats:
                     self.recent_answered[sample] += 1
                 return
             b.failures[kind] += 1
+            b.targets_failed[target] += 1
             self.failures[kind] += 1
             self.recent_failures[kind] += 1
             self.error_kinds[kind] += 1

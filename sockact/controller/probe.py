@@ -413,6 +413,7 @@ class Probe:
                     p50_ms=percentile(lat, 0.50),
                     p99_ms=percentile(lat, 0.99),
                     max_ms=lat[-1] if lat else 0.0,
+                    targets_failed=tuple(b.targets_failed) if any(b.targets_failed) else (),
                 )
             )
         series = []

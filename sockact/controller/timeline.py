@@ -58,20 +58,33 @@ _FAILURE_COLORS = {
     "other": "#999999",
 }
 _EVENT_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+_EVENT_COLORS = (
+    "#ee7733",
+    "#009988",
+    "#cc3311",
+    "#0077bb",
+    "#ee3377",
+    "#33bbee",
+    "#bbbbbb",
+    "#000000",
+)
 
 
 @dataclass(frozen=True)
 class Event:
-    """Something a host did, ``t`` seconds after the probe started."""
+    """Something a host did, ``t`` seconds after the probe started; with ``duration``, a
+    span (a warm-up, a drain) drawn as a bar from ``t`` in the host's lane."""
 
     t: float
     host: str
     label: str
+    duration: float | None = None
 
 
 def events_from(items: Iterable[Mapping[str, Any]], started_at: float) -> list[Event]:
     """Events from dicts with ``host``, ``label`` and either ``t`` (seconds after the
-    probe started) or ``time`` (Unix time, aligned with the report's ``started_at``)."""
+    probe started) or ``time`` (Unix time, aligned with the report's ``started_at``), and
+    optionally ``duration`` (seconds: a span)."""
     out = []
     for n, item in enumerate(items, 1):
         if not isinstance(item, Mapping):
@@ -85,7 +98,12 @@ def events_from(items: Iterable[Mapping[str, Any]], started_at: float) -> list[E
             t = float(item["time"]) - started_at
         else:
             raise BadInput(f"timeline: event {n}: needs a number 't' or 'time'")
-        out.append(Event(t, host, label))
+        duration = item.get("duration")
+        if duration is not None and (
+            not isinstance(duration, int | float) or not 0 <= duration < math.inf
+        ):
+            raise BadInput(f"timeline: event {n}: 'duration' must be a number of seconds >= 0")
+        out.append(Event(t, host, label, None if duration is None else float(duration)))
     return out
 
 
@@ -142,6 +160,8 @@ def render_timeline(
     started (``Probe.elapsed()`` at the time, or Unix time - ``report["started_at"]``).
     """
     figure_cls, canvas_cls = _matplotlib()
+    from matplotlib import ticker
+
     evs = [e if isinstance(e, Event) else Event(float(e[0]), e[1], e[2]) for e in events]
     out = Path(out)
     buckets: list[Mapping[str, Any]] = list(report.get("buckets") or [])
@@ -232,20 +252,31 @@ def render_timeline(
         ax_lat.step([*sx, sx[-1] + 1], [*p99, p99[-1]], where="post", color="#333333", label="p99")
         ax_lat.scatter([x + 0.5 for x in sx], mx, s=10, color="#cc3311", label="max", zorder=3)
         ax_lat.set_yscale("log")
+        ax_lat.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_lat.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_lat.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax_lat.legend(loc="upper left", fontsize=8)
     ax_lat.set_ylabel("latency per s, ms")
     ax_lat.grid(alpha=0.3, which="both")
     if report.get("mode") == "open":
         ax_lat.set_title("latency from each request's due time", fontsize=9, loc="right")
 
-    # 3. events per host
+    # 3. events per host: spans as bars, then the points on top
     for i, label in enumerate(labels):
         mine = [e for e in evs if e.label == label]
+        color = _EVENT_COLORS[i % len(_EVENT_COLORS)]
+        for e in mine:
+            if e.duration is not None:
+                lane = hosts.index(e.host)
+                ax_ev.broken_barh(
+                    [(e.t, max(e.duration, 0.0))], (lane - 0.3, 0.6), color=color, alpha=0.35
+                )
         ax_ev.scatter(
             [e.t for e in mine],
             [hosts.index(e.host) for e in mine],
             marker=_EVENT_MARKERS[i % len(_EVENT_MARKERS)],
             s=45,
+            color=color,
             label=label,
             zorder=3,
         )
@@ -256,14 +287,21 @@ def render_timeline(
     ax_ev.set_ylim(-0.6, lanes - 0.4)
     ax_ev.invert_yaxis()
     if labels:
-        ax_ev.legend(loc="upper left", fontsize=8, ncol=min(4, len(labels)), framealpha=0.85)
+        # below the lanes, so that it hides none of them
+        ax_ev.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.45 / (0.6 + 0.35 * lanes)),
+            fontsize=8,
+            ncol=min(5, len(labels)),
+            frameon=False,
+        )
     ax_ev.set_xlabel("seconds since the probe started")
     ax_ev.grid(axis="x", alpha=0.3)
-    end = max([*(t + width_s for t in ts), *(e.t for e in evs), 0.0]) or 1.0
+    end = max([*(t + width_s for t in ts), *(e.t + (e.duration or 0.0) for e in evs), 0.0]) or 1.0
     start = min([0.0, *(e.t for e in evs)])
     ax_ev.set_xlim(start, end + 0.02 * (end - start))
 
-    fig.suptitle(title or _title(report), fontsize=10)
+    fig.suptitle(title or default_title(report), fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.savefig(out, format="png")
@@ -272,7 +310,8 @@ def render_timeline(
     return out
 
 
-def _title(report: Mapping[str, Any]) -> str:
+def default_title(report: Mapping[str, Any]) -> str:
+    """The date, the targets, the load and its figures (two lines)."""
     started = report.get("started_at")
     when = (
         datetime.fromtimestamp(float(started), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -313,7 +352,8 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         ),
         epilog=(
             "Events file: a JSON list (or JSON lines) of objects with 'host', 'label' and "
-            "either 't' (seconds after the probe started) or 'time' (Unix time). "
+            "either 't' (seconds after the probe started) or 'time' (Unix time), and "
+            "optionally 'duration' (seconds: a span, drawn as a bar). "
             "Exit codes: 0 written; 2 bad input, or matplotlib missing."
         ),
     )

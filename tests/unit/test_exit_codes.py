@@ -39,6 +39,7 @@ def test_exit_codes_are_distinct() -> None:
         errors.EXIT_CANARY_FAILED,
         errors.EXIT_LISTENER_FAILED,
         errors.EXIT_VERIFY_FAILED,
+        errors.EXIT_COMMAND_FAILED,
         errors.EXIT_FORCED,
         errors.EXIT_BROKEN_PIPE,
     ]

@@ -197,6 +197,27 @@ def test_closed_port_is_refused() -> None:
     assert r.ok == 0
 
 
+def test_failures_are_counted_per_target(make_server: MakeServer) -> None:
+    """./deploy's per-host table needs each host's failed requests: a bucket counts them
+    by target, beside the requests per target."""
+    good = make_server(serve_ok())
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed = Target("127.0.0.1", s.getsockname()[1])
+    s.close()
+    with Probe([good.target, closed], rate=200, max_duration=0.5) as p:
+        assert p.wait(10)
+    r = p.report
+    assert r is not None and r.total == 100
+    per_target = [sum(b.targets[i] for b in r.buckets) for i in (0, 1)]
+    failed = [sum(b.targets_failed[i] for b in r.buckets if b.targets_failed) for i in (0, 1)]
+    assert per_target == [50, 50] and failed == [0, 50], r.format_table()
+    assert r.failures["refused"] == 50 and r.ok == 50
+    doc = r.to_dict()
+    assert sum(b["targets_failed"][1] for b in doc["buckets"]) == 50
+    assert all(b["targets_failed"][0] == 0 for b in doc["buckets"])
+
+
 def test_503_is_http_5xx_and_404_http_other(make_server: MakeServer) -> None:
     s503 = make_server(serve_ok(response("503 Service Unavailable", b"warming up")))
     s404 = make_server(serve_ok(response("404 Not Found", b"no")))
@@ -623,6 +644,7 @@ def test_cli_open_loop_json_and_progress_files(
         "failures",
         "late",
         "targets",
+        "targets_failed",
         "answered",
         "p50_ms",
         "p99_ms",

@@ -101,7 +101,15 @@ def test_events_align_on_the_report_start(recorded: tuple[Path, Path, dict[str, 
     assert [e.host for e in got] == ["h1", "h1", "h2"]
     assert got[2].t == pytest.approx(0.6, abs=1e-3)
     assert got[0] == Event(0.2, "h1", "new color started")
-    for bad in ([{"host": "h"}], [{"t": 1, "host": 3, "label": "x"}], ["x"]):
+    span = events_from([{"t": 1, "host": "h", "label": "draining", "duration": 2.5}], 0.0)
+    assert span == [Event(1.0, "h", "draining", 2.5)]
+    for bad in (
+        [{"host": "h"}],
+        [{"t": 1, "host": 3, "label": "x"}],
+        ["x"],
+        [{"t": 1, "host": "h", "label": "x", "duration": -1}],
+        [{"t": 1, "host": "h", "label": "x", "duration": "2"}],
+    ):
         with pytest.raises(BadInput):
             events_from(bad, 0.0)  # type: ignore[arg-type]
 
@@ -115,6 +123,9 @@ def test_closed_loop_report_and_no_events(make_server: MakeServer, tmp_path: Pat
     png_size(out.read_bytes())
     out = render_timeline(p.report.to_dict(), [(0.1, "h1", "READY")], tmp_path / "tuples.png")
     png_size(out.read_bytes())
+    spans = [Event(0.05, "h1", "warming", 0.2), Event(0.25, "h1", "READY")]
+    out = render_timeline(p.report.to_dict(), spans, tmp_path / "spans.png")
+    assert (0xEE, 0x77, 0x33) in colors_in(out)  # the first label's color, its point and bar
 
 
 def test_bad_report_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

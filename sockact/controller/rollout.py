@@ -1,0 +1,729 @@
+"""Run a deploy under load and show it: a progress line every few seconds while it runs,
+then a per-host table from the hosts' own journals, the whole run's figures, and a PNG.
+
+``sockact rollout run`` (what ``./deploy`` uses for every Ansible run)::
+
+    sockact rollout run --inventory inv.ini --out runs/1 --rate 50% -- \\
+        ansible-playbook -i inv.ini ansible/deploy.yml -e sockact_release=v2 ...
+
+1. measures the capacity of the inventory's hosts on the main port (a short closed-loop
+   burst) and starts the probe in open loop at ``--rate`` (a fraction of it, or req/s);
+2. runs the command with its output appended to the log file (``--log``, default
+   ``OUT/ansible.log``) and prints one line every ``--every`` seconds: elapsed time, the
+   Ansible play, host batch and task running, requests, failures by kind, latency, and
+   the share answered by each version;
+3. once it ended (and ``--tail`` seconds more of load), stops the probe, fetches every
+   host's journal and deploy record (``ansible/journal.yml``), and writes into OUT:
+   ``probe.json``, ``progress.jsonl``, ``hosts/<host>.journal.jsonl`` and ``.deploy.json``,
+   ``events.json``, ``summary.txt`` (what it prints: the per-host table and the run's
+   figures) and ``timeline.png`` (``sockact timeline``, needs ``sockact[plot]``; without
+   it the summary says it was skipped).
+
+``--rate none`` runs the command with the progress line and the log only (no load, no
+journal). ``sockact rollout report OUT`` prints the summary of a finished run again from
+its files (and redraws the PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+from sockact.controller.httpwire import Target
+from sockact.controller.journal import (
+    TABLE_NOTES,
+    HostSwitch,
+    format_table,
+    host_switch,
+    parse_entries,
+)
+from sockact.controller.probe import Probe, capacity_of, measure_capacity, parse_rate
+from sockact.errors import (
+    EXIT_COMMAND_FAILED,
+    EXIT_FORCED,
+    EXIT_PROBE_FAILED,
+    BadInput,
+    MissingExtra,
+)
+
+META: Final = "rollout.json"
+#: an open-loop probe for a deploy stops by itself after this long at most
+MAX_LOAD_S: Final = 6 * 3600.0
+
+
+# -- the command's progress, from Ansible's output ---------------------------------------
+
+_PLAY = re.compile(r"^PLAY \[(?P<name>.*)\] \**$")
+_TASK = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(?P<name>.*)\] \**$")
+_RESULT = re.compile(
+    r"^(?:ok|changed|skipping|fatal|failed|included|unreachable): \[(?P<h>[^\]]+)\]"
+)
+_RECAP = re.compile(r"^PLAY RECAP \**$")
+
+
+class AnsiblePhase:
+    """Follows ``ansible-playbook``'s default output: the play, the hosts that answered in
+    it (with ``serial``, the batch being switched), and the task running; and when each
+    play began (``plays``: monotonic time, name), for the timeline's controller lane."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.play = ""
+        self.task = ""
+        self.hosts: list[str] = []
+        self.plays: list[tuple[float, str]] = []
+        self.lines = 0
+        self.last = ""
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip()
+        with self._lock:
+            self.lines += 1
+            if line.strip():
+                self.last = " ".join(line.split())
+            if m := _PLAY.match(line):
+                self.play, self.task, self.hosts = m.group("name"), "", []
+                self.plays.append((self._clock(), self.play))
+            elif _RECAP.match(line):
+                self.task, self.hosts = "recap", []
+                self.plays.append((self._clock(), ""))
+            elif m := _TASK.match(line):
+                self.task = m.group("name")
+            elif m := _RESULT.match(line):
+                host = m.group("h").split(" -> ")[0]  # "h -> localhost": delegated
+                if host not in self.hosts:
+                    self.hosts.append(host)
+
+    @property
+    def text(self) -> str:
+        """``Play [hosts]: task``, the play by its first word (Preflight, Install, Switch)."""
+        with self._lock:
+            if not self.play:  # not Ansible (yet): its last line says what it does
+                return self.last or "starting"
+            play = self.play.split()[0] if self.play.split() else "?"
+            hosts = ""
+            if self.hosts:
+                shown = self.hosts if len(self.hosts) <= 2 else [f"{len(self.hosts)} hosts"]
+                hosts = f" [{', '.join(shown)}]"
+            task = self.task.removeprefix("sockact : ")
+            return f"{play}{hosts}: {task or '...'}"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+#: width of the phase in a progress line
+PHASE_WIDTH: Final = 56
+
+
+def progress_line(elapsed: float, phase: str, p: Mapping[str, Any] | None) -> str:
+    """One line for a human: time, phase, and the probe's figures (``Probe.progress()``):
+    requests so far and their rate, failures by kind, p99 and max latency of the last
+    interval, and the share of its answers each version gave."""
+    m, s = divmod(int(elapsed), 60)
+    head = f"{m:3d}:{s:02d}  {_shorten(phase, PHASE_WIDTH)}"
+    if p is None:
+        return head
+    w = p["window"]
+    fails = ", ".join(f"{k} {n:,}" for k, n in p["failures"].items())
+    failed = f"FAILED {p['failed']:,} ({fails})" if p["failed"] else "0 failed"
+    wtotal = sum(w["versions"].values())
+    share = (
+        " ".join(f"{v} {100 * n / wtotal:.0f}%" for v, n in sorted(w["versions"].items()))
+        if wtotal
+        else "-"
+    )
+    return (
+        f"{head.ljust(PHASE_WIDTH + 8)} | {p['requests']:>9,} req {w['rps']:>6,.0f}/s {failed}"
+        f" | p99 {w['p99_ms']:>5.0f} ms max {w['max_ms']:>5.0f} ms | answered {share}"
+    )
+
+
+# -- hosts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    """An inventory host and the URL the probe loads it on."""
+
+    name: str
+    address: str
+    url: str
+
+
+def _tool(name: str) -> str:
+    """An Ansible program: beside this Python (the venv) first, then on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found is None:
+        raise BadInput(f"rollout: {name} not found (beside {sys.executable} or on PATH)")
+    return found
+
+
+def inventory_hosts(inventory: Path, group: str, port: int, path: str) -> list[Host]:
+    """The hosts of ``group`` with their ``ansible_host`` (``ansible-inventory --list``)."""
+    proc = subprocess.run(
+        [_tool("ansible-inventory"), "-i", str(inventory), "--list"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = " ".join(proc.stderr.split())[-300:]
+        raise BadInput(f"rollout: cannot read inventory {inventory}: {tail}")
+    try:
+        inv = json.loads(proc.stdout)
+    except ValueError:
+        raise BadInput(f"rollout: ansible-inventory gave no JSON for {inventory}") from None
+    hostvars = inv.get("_meta", {}).get("hostvars", {})
+    hosts = []
+    for name in _group_hosts(inv, group):
+        address = str(hostvars.get(name, {}).get("ansible_host", name))
+        hosts.append(Host(name, address, Target(address, port, path).url))
+    if not hosts:
+        raise BadInput(f"rollout: no hosts in group {group!r} of {inventory}")
+    return hosts
+
+
+def _group_hosts(inv: Mapping[str, Any], group: str) -> list[str]:
+    node = inv.get(group, {})
+    out = list(node.get("hosts", []))
+    for child in node.get("children", []):
+        out += [h for h in _group_hosts(inv, child) if h not in out]
+    return out
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    command: Sequence[str]
+    out: Path
+    log: Path
+    label: str
+    inventory: Path | None = None
+    group: str = "api"
+    port: int = 8080
+    path: str = "/"
+    name: str = "api"
+    rate: str = "25%"
+    capacity_seconds: float = 3.0
+    every: float = 3.0
+    tail: float = 2.0
+    journal_playbook: Path | None = None
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _pump(stream: IO[str], log: IO[str], phase: AnsiblePhase) -> None:
+    for line in stream:
+        log.write(line)
+        log.flush()
+        phase.feed(line)
+
+
+def run(opts: RunOptions) -> int:
+    """Run ``opts.command`` (under load unless ``rate`` is "none"); return the exit code:
+    0, :data:`EXIT_COMMAND_FAILED` (the command failed), :data:`EXIT_PROBE_FAILED` (a
+    request failed, or the capacity burst saw one), 130 (interrupted)."""
+    load = opts.rate.strip().lower() != "none"
+    if load and opts.inventory is None:
+        raise BadInput("rollout: --inventory is needed for the load (or --rate none)")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    opts.log.parent.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "label": opts.label,
+        "command": list(opts.command),
+        "log": str(opts.log),
+        "name": opts.name,
+        "machine": socket.gethostname(),
+    }
+    probe: Probe | None = None
+    hosts: list[Host] = []
+    if load:
+        assert opts.inventory is not None
+        hosts = inventory_hosts(opts.inventory, opts.group, opts.port, opts.path)
+        meta["hosts"] = [h.__dict__ for h in hosts]
+        probe, meta["capacity"] = _start_probe(opts, hosts)
+        if probe is None:
+            _write_json(opts.out / META, meta)
+            return EXIT_PROBE_FAILED
+    phase = AnsiblePhase()
+    t0 = time.monotonic()
+    began = time.time()
+    rc: int | None = None
+    interrupted = False
+    progress_out = (opts.out / "progress.jsonl").open("a") if load else None
+    try:
+        with opts.log.open("a") as log:
+            log.write(f"\n# {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC {opts.label}: ")
+            log.write(" ".join(opts.command) + "\n")
+            log.flush()
+            try:
+                proc = subprocess.Popen(
+                    list(opts.command),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    bufsize=1,
+                )
+            except OSError as exc:
+                raise BadInput(
+                    f"rollout: cannot run {opts.command[0]}: {exc.strerror or exc}"
+                ) from None
+            assert proc.stdout is not None
+            pump = threading.Thread(target=_pump, args=(proc.stdout, log, phase), daemon=True)
+            pump.start()
+            next_line = t0 + opts.every
+            try:
+                while rc is None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        rc = proc.wait(timeout=0.2)
+                    if time.monotonic() >= next_line and rc is None:
+                        next_line += opts.every
+                        _progress(probe, phase, t0, progress_out)
+            except KeyboardInterrupt:
+                interrupted = True
+                _say(f"{opts.label}: interrupted: waiting for the command to stop")
+                with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
+                    rc = proc.wait(timeout=30)
+                if rc is None:
+                    proc.kill()
+                    rc = proc.wait()
+            pump.join(5)
+        command_s = time.monotonic() - t0
+        meta.update(command_rc=rc, command_s=round(command_s, 3), command_began=began)
+        _say(f"{opts.label}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {command_s:.1f} s")
+        if probe is not None:
+            # the plays on the probe's time base: the controller's lane of the timeline
+            probe_t0 = time.monotonic() - probe.elapsed()
+            meta["command_t"] = [round(t0 - probe_t0, 3), round(t0 + command_s - probe_t0, 3)]
+            meta["plays"] = [
+                {"t": round(when - probe_t0, 3), "play": name} for when, name in phase.plays
+            ]
+            if opts.tail > 0 and not interrupted:
+                time.sleep(opts.tail)  # a little traffic on what the command left
+            report = probe.stop()
+            _progress(probe, phase, t0, progress_out, final=report.to_dict())
+            doc = report.to_dict()
+            doc["capacity"] = meta.get("capacity")
+            _write_json(opts.out / "probe.json", doc)
+            meta["since"] = math.floor(report.started_at) - 1
+    finally:
+        if progress_out is not None:
+            progress_out.close()
+        if probe is not None and probe.report is None:  # an error on the way: no load left
+            probe.stop()
+    if not load:
+        _write_json(opts.out / META, meta)
+        _say(f"{opts.label}: log {opts.log}")
+        return EXIT_FORCED if interrupted else (0 if rc == 0 else EXIT_COMMAND_FAILED)
+    meta["journal"] = _fetch_journals(opts, int(meta["since"]))
+    _write_json(opts.out / META, meta)
+    summary = summarize(opts.out)
+    _say()
+    _say(summary.text)
+    if interrupted:
+        return EXIT_FORCED
+    if rc != 0:
+        return EXIT_COMMAND_FAILED
+    return 0 if summary.requests > 0 and summary.failed == 0 else EXIT_PROBE_FAILED
+
+
+def _start_probe(opts: RunOptions, hosts: Sequence[Host]) -> tuple[Probe | None, dict[str, Any]]:
+    targets = [Target.from_url(h.url) for h in hosts]
+    rate, fraction = parse_rate(opts.rate)
+    capacity: dict[str, Any] = {}
+    if fraction is not None:
+        cap = measure_capacity(targets, opts.capacity_seconds)
+        rps = capacity_of(cap)
+        capacity = {
+            "rps": round(rps, 1),
+            "seconds": round(cap.duration_s, 3),
+            "requests": cap.total,
+            "failed": cap.failed,
+            "measured": True,
+            "fraction": fraction,
+        }
+        _say(
+            f"{opts.label}: capacity of {len(hosts)} host(s) {rps:,.0f} req/s (closed loop, "
+            f"{opts.capacity_seconds:g} s, {cap.failed} failed)"
+        )
+        if cap.failed or cap.ok == 0:
+            _say(f"{opts.label}: the capacity burst saw failed requests: not starting")
+            for e in cap.error_samples[:3]:
+                _say(f"  {e}")
+            return None, capacity
+        time.sleep(0.5)  # let the hosts settle after the burst
+        rate = max(rps * fraction, 0.1)
+    assert rate is not None
+    capacity["rate"] = round(rate, 1)
+    what = f" ({fraction:.0%} of capacity)" if fraction is not None else ""
+    _say(
+        f"{opts.label}: open-loop load {rate:,.0f} req/s{what} on " + " ".join(h.url for h in hosts)
+    )
+    probe = Probe(targets, rate=rate, max_duration=MAX_LOAD_S).start()
+    probe.progress()  # from here on, each progress() has the window's latencies
+    return probe, capacity
+
+
+def _progress(
+    probe: Probe | None,
+    phase: AnsiblePhase,
+    t0: float,
+    out: IO[str] | None,
+    final: Mapping[str, Any] | None = None,
+) -> None:
+    if final is not None:
+        if out is not None:
+            out.write(json.dumps({"final": True, "requests": final["total"]}) + "\n")
+        return
+    p = probe.progress() if probe is not None else None
+    text = phase.text
+    _say(progress_line(time.monotonic() - t0, text, p))
+    if out is not None and p is not None:
+        out.write(json.dumps({**p, "phase": text}) + "\n")
+        out.flush()
+
+
+def _fetch_journals(opts: RunOptions, since: int) -> dict[str, Any]:
+    """Run ansible/journal.yml; its output goes to the log."""
+    book = opts.journal_playbook
+    if book is None or not book.exists():
+        return {"ok": False, "why": f"no journal playbook ({book or 'none given'})"}
+    assert opts.inventory is not None
+    dest = opts.out / "hosts"
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = [
+        _tool("ansible-playbook"),
+        "-i",
+        str(opts.inventory),
+        str(book),
+        "-e",
+        f"sockact_journal_since={since}",
+        "-e",
+        f"sockact_journal_dir={dest.resolve()}",
+        "-e",
+        f"sockact_hosts={opts.group}",
+        "-e",
+        f"sockact_name={opts.name}",
+    ]
+    t0 = time.monotonic()
+    with opts.log.open("a") as log:
+        log.write(f"\n# {opts.label}: the hosts' journals: {' '.join(argv)}\n")
+        log.flush()
+        proc = subprocess.run(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+        )
+    took = time.monotonic() - t0
+    if proc.returncode != 0:
+        _say(f"{opts.label}: reading the hosts' journals FAILED (exit {proc.returncode}, log)")
+        return {"ok": False, "why": f"ansible-playbook exit {proc.returncode}", "seconds": took}
+    return {"ok": True, "seconds": round(took, 3)}
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# -- the summary ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    switches: tuple[HostSwitch, ...]
+    requests: int
+    failed: int
+    png: Path | None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise BadInput(f"rollout: cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise BadInput(f"rollout: {path}: not JSON: {exc}") from None
+
+
+def failed_by_target(report: Mapping[str, Any]) -> list[int]:
+    """Failed requests per target (``targets_failed`` of each bucket), in target order."""
+    out = [0] * len(report.get("targets") or [])
+    for b in report.get("buckets") or []:
+        for i, n in enumerate(b.get("targets_failed") or []):
+            if i < len(out):
+                out[i] += int(n)
+    return out
+
+
+def switches_of(out: Path, meta: Mapping[str, Any], report: Mapping[str, Any]) -> list[HostSwitch]:
+    """The per-host switches from the journals and records fetched into ``out/hosts``."""
+    targets = list(report.get("targets") or [])
+    failed = failed_by_target(report)
+    result = []
+    for h in meta.get("hosts", []):
+        name = str(h["name"])
+        i = targets.index(h["url"]) if h["url"] in targets else None
+        jpath = out / "hosts" / f"{name}.journal.jsonl"
+        rpath = out / "hosts" / f"{name}.deploy.json"
+        if not jpath.exists():
+            continue
+        entries = parse_entries(jpath.read_text().splitlines(), str(meta.get("name", "api")))
+        text = rpath.read_text().strip() if rpath.exists() else ""
+        record = json.loads(text) if text else None
+        result.append(host_switch(name, entries, record, None if i is None else failed[i]))
+    return result
+
+
+#: the timeline's lane of the Ansible plays (the controller's clock, not a host's)
+PLAYS_LANE: Final = "ansible (controller)"
+
+
+def play_events(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Ansible plays as spans on the probe's time base, each up to the next play (or
+    the recap, or the command's end), labelled by the play's first word."""
+    plays = list(meta.get("plays") or [])
+    end = (meta.get("command_t") or [None, None])[1]
+    out = []
+    for i, p in enumerate(plays):
+        if not p.get("play"):
+            continue
+        until = plays[i + 1]["t"] if i + 1 < len(plays) else end
+        event: dict[str, Any] = {
+            "t": p["t"],
+            "host": PLAYS_LANE,
+            "label": f"play: {str(p['play']).split()[0]}",
+            "play": p["play"],
+        }
+        if until is not None and until >= p["t"]:
+            event["duration"] = round(float(until) - float(p["t"]), 3)
+        out.append(event)
+    return out
+
+
+def _fmt_ms(v: Any) -> str:
+    return f"{float(v):.1f} ms"
+
+
+def summarize(out: Path, draw: bool = True) -> Summary:
+    """The summary of the run in ``out`` (printed, and written to ``out/summary.txt``);
+    draws ``out/timeline.png`` unless ``draw`` is false or matplotlib is missing."""
+    meta = _read_json(out / META)
+    report = _read_json(out / "probe.json")
+    switches = switches_of(out, meta, report)
+    started_at = float(report.get("started_at") or 0.0)
+    events = [*play_events(meta), *(e for s in switches for e in s.events(started_at))]
+    _write_json(out / "events.json", events)
+    rc = meta.get("command_rc")
+    label = str(meta.get("label", "deploy"))
+    lines = [
+        f"{label}: {len(meta.get('hosts', []))} host(s), the command took "
+        f"{float(meta.get('command_s', 0)):.1f} s ({'exit 0' if rc == 0 else f'FAILED, exit {rc}'})"
+    ]
+    cap = meta.get("capacity") or {}
+    total, failed = int(report.get("total", 0)), int(report.get("failed", 0))
+    load = f"open loop {float(report.get('rate') or 0):,.0f} req/s"
+    if cap.get("fraction") is not None:
+        load += f" ({float(cap['fraction']):.0%} of {float(cap['rps']):,.0f} req/s measured)"
+    fails = ", ".join(f"{k} {v:,}" for k, v in (report.get("failures") or {}).items() if v)
+    lines.append(
+        f"load: {load}, {total:,} requests in {float(report.get('duration_s', 0)):.1f} s, "
+        + (f"FAILED {failed:,} ({fails})" if failed else "0 failed")
+    )
+    lat = report.get("latency_ms") or {}
+    lines.append(
+        f"latency from each request's due time: p50 {_fmt_ms(lat.get('p50', 0))}, p99 "
+        f"{_fmt_ms(lat.get('p99', 0))}, max {_fmt_ms(lat.get('max', 0))}; "
+        f"{int(report.get('late', 0)):,} sent late (probe lag max "
+        f"{float((report.get('send_lag_ms') or {}).get('max', 0)):.0f} ms)"
+    )
+    versions: dict[str, int] = {}
+    for s in report.get("samples") or []:
+        versions[str(s.get("version"))] = versions.get(str(s.get("version")), 0) + int(s["count"])
+    vtotal = sum(versions.values())
+    if vtotal:
+        lines.append(
+            "answered by version: "
+            + ", ".join(f"{v} {n:,} ({100 * n / vtotal:.0f}%)" for v, n in versions.items())
+        )
+    lines.append("")
+    journal = meta.get("journal") or {}
+    if switches:
+        lines.append(format_table(switches))
+        lines.append("")
+        lines += _wrap(TABLE_NOTES, 92)
+    else:
+        lines.append(f"per-host table: skipped ({journal.get('why', 'no journal read')})")
+    png: Path | None = out / "timeline.png"
+    if draw:
+        why = _draw(out / "timeline.png", report, events, meta, switches)
+        if why:
+            png = None
+            lines.append(f"timeline: skipped: {why}")
+    elif not (out / "timeline.png").exists():
+        png = None
+    lines.append("")
+    lines.append(f"files in {out}: summary.txt, probe.json, progress.jsonl, events.json, hosts/")
+    if png is not None:
+        lines.append(f"timeline: {png}")
+    lines.append(f"Ansible's output: {meta.get('log')}")
+    text = "\n".join(lines)
+    (out / "summary.txt").write_text(text + "\n")
+    return Summary(text, tuple(switches), total, failed, png)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    out, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*out, line] if line else out
+
+
+def _draw(
+    png: Path,
+    report: Mapping[str, Any],
+    events: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    switches: Sequence[HostSwitch],
+) -> str:
+    """Draw the timeline; return why not ("" when drawn)."""
+    from sockact.controller.timeline import default_title, events_from, render_timeline
+
+    pairs = sorted({f"{s.old_release or '-'} -> {s.new_release or '?'}" for s in switches})
+    title = (
+        f"{meta.get('label', 'deploy')} ({', '.join(pairs) or 'no switch'}) on "
+        f"{len(meta.get('hosts', []))} host(s), from {meta.get('machine', '?')}\n"
+        + default_title(report)
+    )
+    try:
+        render_timeline(report, events_from(events, 0.0), png, title)
+    except MissingExtra as exc:
+        return exc.message.removeprefix("timeline: ")
+    return ""
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``sockact rollout run ... -- COMMAND`` and ``sockact rollout report DIR``."""
+    p = sub.add_parser(
+        "rollout",
+        help="run a deploy command under load with progress lines; per-host table and PNG",
+        description="Run a deploy (any command, e.g. ansible-playbook ansible/deploy.yml) "
+        "under open-loop load with a progress line every few seconds and its output in a "
+        "log; then read each host's journal and print a per-host table (warm-up, start to "
+        "READY, switch, drain, connections cut, failed requests) and draw a PNG timeline.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    r = actions.add_parser(
+        "run",
+        help="run COMMAND under load",
+        epilog=f"Exit codes: 0 the command succeeded and no request failed; "
+        f"{EXIT_COMMAND_FAILED} the command failed; {EXIT_PROBE_FAILED} a request failed (or "
+        "none was made, or the capacity burst saw a failure); 2 bad input; 130 interrupted.",
+    )
+    r.add_argument("--out", type=Path, required=True, metavar="DIR", help="files of the run")
+    r.add_argument(
+        "--log",
+        type=Path,
+        metavar="FILE",
+        help="the command's output (appended); default DIR/ansible.log",
+    )
+    r.add_argument("--label", default="deploy", help="what runs, for the lines and the title")
+    r.add_argument("--inventory", "-i", type=Path, metavar="FILE", help="Ansible inventory")
+    r.add_argument("--group", default="api", help="inventory group of the hosts (default api)")
+    r.add_argument("--port", type=int, default=8080, help="main port of the hosts (8080)")
+    r.add_argument("--path", default="/", help="path the probe requests (/)")
+    r.add_argument("--name", default="api", help="unit name: <name>@N.service (api)")
+    r.add_argument(
+        "--rate",
+        default="25%",
+        metavar="R|P%|none",
+        help="open-loop load: R requests/s, or P%% of the capacity measured first "
+        "(default 25%%); none: no load, no journal, progress and log only",
+    )
+    r.add_argument("--capacity-seconds", type=float, default=3.0, metavar="S")
+    r.add_argument("--every", type=float, default=3.0, metavar="S", help="progress line (3 s)")
+    r.add_argument(
+        "--tail", type=float, default=2.0, metavar="S", help="load after the command ended (2 s)"
+    )
+    r.add_argument(
+        "--journal-playbook",
+        type=Path,
+        default=Path("ansible/journal.yml"),
+        metavar="FILE",
+        help="the playbook that fetches the journals (default ansible/journal.yml)",
+    )
+    r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    r.set_defaults(func=run_rollout)
+    s = actions.add_parser("report", help="print the summary of a finished run again")
+    s.add_argument("out", type=Path, metavar="DIR")
+    s.add_argument("--no-png", action="store_true", help="do not redraw timeline.png")
+    s.set_defaults(func=report_rollout)
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise BadInput("rollout run: no command: put it after --")
+    if args.every <= 0 or args.tail < 0 or args.capacity_seconds <= 0:
+        raise BadInput("rollout run: --every and --capacity-seconds must be > 0, --tail >= 0")
+    if args.rate.strip().lower() != "none":
+        parse_rate(args.rate)  # bad values are exit 2 before anything runs
+    return run(
+        RunOptions(
+            command=command,
+            out=args.out,
+            log=args.log or args.out / "ansible.log",
+            label=args.label,
+            inventory=args.inventory,
+            group=args.group,
+            port=args.port,
+            path=args.path,
+            name=args.name,
+            rate=args.rate,
+            capacity_seconds=args.capacity_seconds,
+            every=args.every,
+            tail=args.tail,
+            journal_playbook=args.journal_playbook,
+        )
+    )
+
+
+def report_rollout(args: argparse.Namespace) -> int:
+    summary = summarize(args.out, draw=not args.no_png)
+    print(summary.text)
+    return 0
