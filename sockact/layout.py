@@ -99,11 +99,15 @@ class HostLayout:
         instance, removed when it is done): a run that finds it was interrupted."""
         return f"{self.config_dir}/deploy.intent.json"
 
+    @property
+    def instance_config_dir(self) -> str:
+        return f"{self.config_dir}/instances"
+
     def instance_config(self, instance: int | str) -> str:
-        return f"{self.config_dir}/instances/{instance}.toml"
+        return f"{self.instance_config_dir}/{instance}.toml"
 
     def instance_env(self, instance: int | str) -> str:
-        return f"{self.config_dir}/instances/{instance}.env"
+        return f"{self.instance_config_dir}/{instance}.env"
 
     # -- the release root
     @property
@@ -121,9 +125,14 @@ class HostLayout:
         """Where an install unpacks a release's wheels (root only), removed after it."""
         return f"{self.release_root}/wheelhouse"
 
+    @property
+    def instances_dir(self) -> str:
+        """Where the instance links are."""
+        return f"{self.release_root}/instances"
+
     def instance_link(self, instance: int | str) -> str:
         """Symlink to the release directory (a venv) that ``instance`` runs."""
-        return f"{self.release_root}/instances/{instance}"
+        return f"{self.instances_dir}/{instance}"
 
     # -- systemd
     @property
@@ -161,8 +170,8 @@ class HostLayout:
             "release_meta_file": RELEASE_META,
             "wheelhouse_dir": self.wheelhouse_dir,
             "releases_dir": self.releases_dir,
-            "instances_dir": f"{self.release_root}/instances",
-            "instance_config_dir": f"{self.config_dir}/instances",
+            "instances_dir": self.instances_dir,
+            "instance_config_dir": self.instance_config_dir,
             "instance_unit_file": self.instance_unit_file,
             "socket_unit": self.socket_unit,
             "holder_unit": self.holder_unit,

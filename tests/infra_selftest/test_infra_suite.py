@@ -42,11 +42,11 @@ GREEN = layout.instances_of("green", 1)
 DRAIN = 3.0
 SUITE_TIMEOUT = 300
 
-#: Checks on a right host, by listen mode: 13 once per host and 15 per instance (2
+#: Checks on a right host, by listen mode: 14 once per host and 17 per instance (2
 #: instances), but three host checks are for socket mode only (its units verify, the socket
 #: unit runs, systemd holds the port) and two for reuseport mode only (tcp_migrate_req is
 #: on, and persists): they skip on the other mode's host.
-RIGHT = {"reuseport": {"passed": 40, "skipped": 3}, "socket": {"passed": 41, "skipped": 2}}
+RIGHT = {"reuseport": {"passed": 45, "skipped": 3}, "socket": {"passed": 46, "skipped": 2}}
 
 
 @dataclass
@@ -318,6 +318,38 @@ def test_weakened_hardening_fails(setup: Setup) -> None:
     finally:
         host.run("rm", "-rf", str(Path(dropin).parent))
         hs.daemon_reload(host)
+        host.run("systemctl", "restart", unit, timeout=120)
+
+
+def test_loosened_files_and_an_exposed_admin_server_fail(setup: Setup) -> None:
+    """An env file others can read, a release the service's group can write, and an admin
+    server on every address (issue 11's hardening of what the service can reach)."""
+    host = setup.reuseport
+    env, release = (
+        LAYOUT.instance_env(1),
+        json.loads(host.run("cat", LAYOUT.deploy_record).stdout)["release"]["dir"],
+    )
+    config, unit = LAYOUT.instance_config(2), LAYOUT.instance_unit(2)
+    original = host.run("cat", config).stdout
+    host.run("chmod", "0644", env)
+    host.run("chmod", "g+w", release)
+    hs.write_file(host, config, original + 'admin_host = "0.0.0.0"\n', mode="0640",
+                  owner=f"root:{hs.USER}")  # fmt: skip
+    host.run("systemctl", "restart", unit, timeout=120)
+    try:
+        _expect_failures(
+            setup,
+            {
+                f"test_instance_files_belong_to_root_and_hide_from_others[{hs.NAME}@1]",
+                "test_release_is_not_writable_by_the_service[host]",
+                f"test_admin_server_listens_on_loopback[{hs.NAME}@2]",
+            },
+            f"{env}: owner root, mode 0644",
+        )
+    finally:
+        host.run("chmod", "0640", env)
+        host.run("chmod", "g-w", release)
+        hs.write_file(host, config, original, mode="0640", owner=f"root:{hs.USER}")
         host.run("systemctl", "restart", unit, timeout=120)
 
 

@@ -21,6 +21,7 @@ from sockact.controller.verify import facts
 from sockact.controller.verify.facts import Record
 from sockact.controller.verify.plugin import Checked, facts_of
 from sockact.layout import RELEASE_META
+from sockact.layout import admin_port as layout_admin_port
 
 MIGRATE_REQ = "net.ipv4.tcp_migrate_req"
 _MIGRATE_REQ_LINE = re.compile(rf"^\s*{re.escape(MIGRATE_REQ)}\s*=\s*1\s*$", re.M)
@@ -466,6 +467,73 @@ def test_instance_reports_the_recorded_release(
     assert runs == record.digest, (
         f"{url} (HTTP {status}) says digest {runs!r}, recorded {record.digest!r} "
         f"({record.label})" + diagnose(host, checked.layout.instance_unit(instance))
+    )
+
+
+# --------------------------------------------------------------------------- service's reach
+
+
+def _mode(f: Any) -> int:
+    return int(f.mode)
+
+
+def test_instance_files_belong_to_root_and_hide_from_others(
+    host: Any, checked: Checked, instance: int
+) -> None:
+    """The instance's settings and app environment (it may hold secrets) are root's, not
+    writable by the service's group and not readable by anyone else (0640)."""
+    lay = checked.layout
+    wrong = []
+    for path in (lay.instance_config(instance), lay.instance_env(instance)):
+        f = host.file(path)
+        if not f.exists:
+            continue  # an instance without an env file is right; a missing config fails elsewhere
+        if f.user != "root" or _mode(f) & 0o027:
+            mode = _mode(f)
+            wrong.append(f"{path}: owner {f.user}, mode {mode:04o} (want root, at most 0640)")
+    assert not wrong, "; ".join(wrong) + diagnose(host, lay.instance_unit(instance))
+
+
+def test_release_is_not_writable_by_the_service(
+    host: Any, checked: Checked, record: Record
+) -> None:
+    """Nothing in the recorded release, the instance links or their directory can be changed
+    by the service user: they are root's and writable by root alone."""
+    lay = checked.layout
+    found = host.run(
+        "find %s %s -maxdepth 0 ! -user root -print; "
+        "find %s ! -type l \\( -perm /022 -o ! -user root \\) -print -quit",
+        lay.instances_dir, record.release_dir, record.release_dir,
+    )  # fmt: skip
+    links = [
+        lay.instance_link(i)
+        for i in record.instances
+        if host.file(lay.instance_link(i)).exists and host.file(lay.instance_link(i)).user != "root"
+    ]
+    top = host.file(lay.instances_dir)
+    loose = (
+        [f"{lay.instances_dir} mode {_mode(top):04o}"] if top.exists and _mode(top) & 0o022 else []
+    )
+    problems = [line for line in found.stdout.splitlines() if line.strip()] + links + loose
+    assert not problems, (
+        f"owned by another user than root, or writable by group/others: {problems}"
+        + diagnose(host, lay.instance_unit(record.instances[0]))
+    )
+
+
+def test_admin_server_listens_on_loopback(host: Any, checked: Checked, instance: int) -> None:
+    """The admin server listens on loopback only (the default): it answers /metrics,
+    /check and /release to whoever reaches it. A host that exposes it on purpose (a
+    Prometheus elsewhere, docs/metrics.md) deselects this check: ``-- -k 'not loopback'``."""
+    cfg = instance_settings(host, checked, instance)
+    port = int(cfg.get("admin_port") or layout_admin_port(instance))
+    found, out = listeners(host, port)
+    exposed = [
+        lst.local for lst in found if not lst.local.startswith(("127.", "[::1]:", "[::ffff:127."))
+    ]
+    assert not exposed, (
+        f"admin port {port} listens on {exposed}, not only on loopback:\n{out}"
+        + diagnose(host, checked.layout.instance_unit(instance), port)
     )
 
 
