@@ -284,10 +284,6 @@ TABLE: Final[tuple[Setting, ...]] = (
             _SERVE, low=0, high=3600),
     Setting("warmup_timeout", float, 300.0, "seconds the factory and warm-up may take",
             _SERVE, low=0.1, high=86400),
-    Setting("warmup_nice", int, 10,
-            "nice value of the warm-up thread (the factory, its imports and the warm-up), so "
-            "that a new release's start takes little CPU from the instances that serve; "
-            "0 keeps the process's own", _SERVE, low=0, high=19),
     Setting("require_migrate_req", bool, False,
             "refuse to start in reuseport mode when net.ipv4.tcp_migrate_req is not 1", _SERVE),
     Setting("log_level", str, "info", "log level", _SERVE, choices=LOG_LEVELS),

@@ -59,7 +59,6 @@ class Config:
     drain_timeout: float = _D["drain_timeout"]
     idle_grace: float = _D["idle_grace"]
     warmup_timeout: float = _D["warmup_timeout"]
-    warmup_nice: int = _D["warmup_nice"]
     require_migrate_req: bool = _D["require_migrate_req"]
     log_level: str = _D["log_level"]
     check_path: str = _D["check_path"]

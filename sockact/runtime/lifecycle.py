@@ -121,26 +121,6 @@ def _import(target: str, what: str) -> Callable[..., Any]:
     return cast(Callable[..., Any], obj)
 
 
-def _lower_thread_priority(nice: int) -> None:
-    """Give the calling thread (the warm-up) the nice value ``nice``.
-
-    On a host whose cores are busy, a new release's imports and cache loading otherwise
-    take their time slices from the requests of the instances that serve: the handover
-    then stalls the old instance's clients, which is what sockact exists to avoid. Only
-    this thread is lowered (Linux applies setpriority to a thread id): the server threads
-    started after the warm-up run at the process's own priority. Threads the warm-up
-    starts inherit the value.
-    """
-    if nice <= 0:
-        return
-    tid = threading.get_native_id()
-    try:
-        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except OSError as exc:
-        log.warning("cannot lower the warm-up's priority to nice %d: %s", nice, exc.strerror)
-
-
 class Instance:
     """Runs ``sockact serve`` for one :class:`Config`. Raises; never exits the process."""
 
@@ -265,7 +245,6 @@ class Instance:
         began = time.monotonic()
 
         def work() -> object:
-            _lower_thread_priority(cfg.warmup_nice)
             # first, so that a scrape during a long warm-up says what is warming
             self.metrics.set_build_info(build_labels(cfg.app))
             app = _import(cfg.app, "app factory")()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -98,13 +97,3 @@ def holds_files() -> WSGIApplication:
 def warmup(app: object) -> None:
     """A warm-up that succeeds whatever the app is: sleeps ``WARMUP`` seconds (default 0)."""
     time.sleep(float(os.environ.get("WARMUP", "0")))
-
-
-def reports_warmup_nice() -> WSGIApplication:
-    """``GET /`` answers the nice value the factory ran at (it runs in the warm-up thread)."""
-    nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        return _json(start_response, "200 OK", {"factory_nice": nice})
-
-    return app

@@ -236,9 +236,6 @@ def test_journal_has_phase_lines_with_instance_fields(reuseport: Deployed) -> No
     assert {"starting", "warming", "ready"} <= phases, phases
     warming = [e for e in entries if e.get("PHASE") == "warming"]
     assert any("warming up sockact_demo:create_app" in e["MESSAGE"] for e in warming), warming
-    # the unit's system call filter lets the warm-up thread lower its priority
-    refused = [e["MESSAGE"] for e in entries if "cannot lower the warm-up" in e["MESSAGE"]]
-    assert not refused, refused
 
 
 def test_metrics_under_the_hardened_unit(reuseport: Deployed) -> None:
@@ -397,7 +394,7 @@ def test_socket_restart_of_the_only_instance_refuses_nothing(socket_mode: Deploy
 
 #: `systemd-analyze security api@1.service` on a host, as docs/units.md states it (systemd
 #: 252 rounds up to one decimal); a different systemd may weigh an option differently
-EXPOSURE = {"reuseport": 1.2, "socket": 1.2}
+EXPOSURE = {"reuseport": 1.1, "socket": 1.1}
 EXPOSURE_MARGIN = 0.1
 
 
