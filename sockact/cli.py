@@ -8,12 +8,13 @@ Only this module ends the process: every other module raises
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
 from sockact import __version__
-from sockact.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, SockactError
+from sockact.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_OK, SockactError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,37 +53,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _to_devnull(*fds: int) -> None:
+    """Point ``fds`` at /dev/null: a pipe whose reader went away takes nothing more, not
+    even the flush at exit."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in fds:
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _say(line: str) -> None:
+    """One line to stderr, unless its reader went away too."""
+    with contextlib.suppress(BrokenPipeError):
+        print(line, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, and return its exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version, a usage error: argparse has printed
+            sys.stdout.flush()
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
         code: int = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the exit
     except SockactError as exc:
-        print(f"sockact: error: {exc.message}", file=sys.stderr)
+        _say(f"sockact: error: {exc.message}")
         for line in exc.details:
-            print(f"sockact: error: {line}", file=sys.stderr)
+            _say(f"sockact: error: {line}")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # the reader went away (`sockact layout | head`): not an error of ours, and nothing
-        # may be written to the closed pipe at exit either
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # the reader went away (`sockact layout | head`): not an error of ours
+        _to_devnull(sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as exc:
-        print(f"sockact: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _say(f"sockact: internal error: {type(exc).__name__}: {exc}")
         import traceback
 
-        traceback.print_exc()
+        with contextlib.suppress(BrokenPipeError):
+            traceback.print_exc()
         return EXIT_INTERNAL
     return code
 
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        _to_devnull(sys.stdout.fileno(), sys.stderr.fileno())
+    sys.exit(code)
 
 
 if __name__ == "__main__":

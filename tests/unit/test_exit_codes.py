@@ -46,18 +46,24 @@ def test_exit_codes_are_distinct() -> None:
     assert len(set(codes)) == len(codes)
 
 
-def test_a_reader_that_goes_away_is_no_internal_error() -> None:
-    """`sockact layout | true`: exit 141 (as a shell reports SIGPIPE), no traceback."""
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(["layout"], errors.EXIT_BROKEN_PIPE), (["settings", "--help"], errors.EXIT_BROKEN_PIPE)],
+    ids=["layout", "help"],
+)
+def test_a_reader_that_goes_away_is_no_internal_error(args: list[str], code: int) -> None:
+    """`sockact layout | true`: exit 141 (as a shell reports SIGPIPE), no traceback; the
+    same for the help that argparse prints itself."""
     import subprocess
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sockact.cli", "layout"],
+        [sys.executable, "-m", "sockact.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader goes away before Python has even started
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=30) == errors.EXIT_BROKEN_PIPE, err
+    assert proc.wait(timeout=30) == code, err
     assert err == "", err

@@ -152,3 +152,16 @@ def test_after_a_switch_the_links_the_target_and_the_release_before_it_stay() ->
     assert state.after_switch(u, rec, target, p) == {"/r/v1", "/r/v3"}
     # without a switch: every link, the record's release and previous
     assert state.after_switch(u, rec, None, None) == {"/r/v1", "/r/v2"}
+
+
+@pytest.mark.parametrize("recorded", [BLUE_OLD, GREEN_NEW], ids=["record blue", "record green"])
+def test_a_running_color_whose_ready_does_not_answer_is_still_never_stopped_first(
+    recorded: dict[str, Any],
+) -> None:
+    """Only green runs, and its /ready did not answer (a loaded host, a 3 s timeout): it
+    may well serve, so it is the old color, stopped only after the new one passed its
+    gates, never first."""
+    u = units(blue=("inactive", None, 0), green=("active", OLD, 0))
+    p = plan(u, recorded, [101, 102])
+    assert (p["old"], p["new"]) == ("green", "blue"), p
+    assert p["stop_first"] == [] and p["stop_after"] == [101, 102], p

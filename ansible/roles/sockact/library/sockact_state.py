@@ -226,8 +226,13 @@ def plan(
                 + (f"stop {', '.join(map(str, stop_after))}" if stop_after else "nothing to stop")
             ),
         }
-    # the old color: the one that serves most; on a tie the recorded one
+    # the old color: the one that serves most; on a tie the recorded one. When no /ready
+    # answered (a loaded host, a slow admin server) a running unit may still serve: then
+    # the color with most running units is the old one, so that stop_first never holds
+    # the only units that run
     served = {c: len(ready[c]) for c in COLORS}
+    if max(served.values()) == 0:
+        served = {c: len(running[c]) for c in COLORS}
     if max(served.values()) > 0:
         best = max(served.values())
         tied = [c for c in COLORS if served[c] == best]
@@ -237,8 +242,8 @@ def plan(
     new = other(old) if old is not None else other(rec_color) if rec_color else "blue"
     stop_first = sorted(running[new])
     stop_after = sorted(i for c in COLORS for i in running[c] if c != new)
-    # a color is "serving" here only if it has ready instances; the new color's leftovers
-    # never serve more than the old color, so stopping them first loses nothing
+    # the new color's leftovers never serve (or run, when nothing is ready) more than the
+    # old color, so stopping them first loses nothing
     assert old is None or served[new] <= served[old]
     return {
         "action": "switch",
