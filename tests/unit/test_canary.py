@@ -82,6 +82,8 @@ def test_a_good_release_passes() -> None:
     verdict = run_window((300, 0.004, 0), (300, 0.004, 0))
     assert verdict.ok, verdict.table()
     assert (verdict.old.requests, verdict.new.requests) == (600, 600)
+    # the window compared, in wall-clock time: what a load report is aligned with
+    assert 0 < verdict.started_at <= verdict.ended_at, verdict
 
 
 def test_five_percent_errors_only_under_load_fail() -> None:
