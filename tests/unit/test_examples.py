@@ -9,8 +9,9 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
-import catalog
 import pytest
+
+import catalog
 import sockact_demo
 
 
