@@ -270,7 +270,7 @@ def _command(args: argparse.Namespace) -> int:
     )
     verdict = run(args.old, args.new, args.window, thresholds)
     if args.json:
-        print(json.dumps(asdict(verdict), sort_keys=True))
+        print(json.dumps({**asdict(verdict), "table": verdict.table()}, sort_keys=True))
     else:
         print(verdict.table())
     sys.stdout.flush()
@@ -311,5 +311,9 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument(
         "--p99-slack", type=float, default=d.p99_slack, help=f"seconds (default {d.p99_slack})"
     )
-    p.add_argument("--json", action="store_true", help="print the verdict as one JSON line")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the verdict as one JSON line (with the table as 'table')",
+    )
     p.set_defaults(func=_command)

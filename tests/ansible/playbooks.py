@@ -29,9 +29,12 @@ HOST_LAYOUT = layout.HostLayout(layout.DEFAULT_NAME)
 BLUE = layout.instances_of("blue", 2)
 GREEN = layout.instances_of("green", 2)
 #: The app every deploy of these tests runs (the role has no default app, on purpose).
+#: The canary is off: test_fleet.py tests it; elsewhere it would add its window to the
+#: first switch of every deploy, and fail closed on deploys made without load.
 APP_VARS: dict[str, Any] = {
     "sockact_app": "sockact_demo:create_app",
     "sockact_warmup": "sockact_demo:warmup",
+    "sockact_canary_seconds": 0,
 }
 #: 6 keep-alive + 6 new-connection clients, as in the measurements of docs/design.md
 KEEPALIVE = 6

@@ -152,3 +152,80 @@ def test_after_a_switch_the_links_the_target_and_the_release_before_it_stay() ->
     assert state.after_switch(u, rec, target, p) == {"/r/v1", "/r/v3"}
     # without a switch: every link, the record's release and previous
     assert state.after_switch(u, rec, None, None) == {"/r/v1", "/r/v2"}
+
+
+# --------------------------------------------------------------------------- canary, file_sd
+
+CONFIG = {"1": "a a", "2": "a a", "101": "b b", "102": "b b"}
+
+
+def test_the_plan_names_the_new_instances_their_config_and_the_old_ready_ones() -> None:
+    u = units(blue=("active", OLD, 2), green=("inactive", None, 0))
+    p = state.plan(u, BLUE_OLD, {}, [1, 2], 2, OFFSETS, layout.MAX_PER_COLOR, TARGET, {}, CONFIG)
+    assert (p["instances"], p["canary_old"], p["canary_prior"]) == ([101, 102], [1, 2], None)
+    # the id follows the new color's files only
+    other = {**CONFIG, "1": "x x"}
+    assert state.config_id(other, [101, 102]) == p["config_id"]
+    assert state.config_id({**CONFIG, "101": "x x"}, [101, 102]) != p["config_id"]
+    first = plan(units(blue=("inactive", None, 0), green=("inactive", None, 0)))
+    assert first["canary_old"] == []  # nothing serves: nothing to compare with
+
+
+@pytest.mark.parametrize("prior", ["pending", "passed", "failed"])
+def test_an_interrupted_canary_of_the_same_target_is_carried_over(prior: str) -> None:
+    """Killed during the canary, after its verdict or before the abort: the re-run sees
+    the new color ready on the target (finish) and must know what the canary said."""
+    u = units(blue=("active", OLD, 2), green=("active", NEW, 2))
+    config = state.config_id(CONFIG, [101, 102])
+    intent = {"to": {"color": "green", "release": TARGET, "config": config}}
+    intent["canary"] = {"state": prior}
+    p = state.plan(
+        u, BLUE_OLD, intent, [1, 2], 2, OFFSETS, layout.MAX_PER_COLOR, TARGET, {}, CONFIG
+    )
+    assert (p["action"], p["canary_prior"], p["canary_old"]) == ("finish", prior, [1, 2])
+    # another release, or the same release with other settings: a new deploy
+    other_release = {**intent, "to": {**intent["to"], "release": {"digest": "c" * 64}}}
+    other_config = {**intent, "to": {**intent["to"], "config": "0" * 40}}
+    for stale in (other_release, other_config):
+        got = state.plan(
+            u, BLUE_OLD, stale, [1, 2], 2, OFFSETS, layout.MAX_PER_COLOR, TARGET, {}, CONFIG
+        )
+        assert got["canary_prior"] is None
+
+
+def test_file_sd_lists_both_colors_during_the_overlap_then_the_one_that_runs() -> None:
+    u = units(blue=("active", OLD, 2), green=("inactive", None, 0))
+    p = plan(u, BLUE_OLD, [1, 2])
+    sd = state.file_sd(
+        u, p, TARGET, {OLD: "v1"}, OFFSETS, layout.MAX_PER_COLOR, "127.0.0.1", 9000, "web1"
+    )
+    assert [e["targets"] for e in sd["overlap"]] == [
+        ["127.0.0.1:9001"],
+        ["127.0.0.1:9002"],
+        ["127.0.0.1:9101"],
+        ["127.0.0.1:9102"],
+    ]
+    assert sd["overlap"][0]["labels"] == {
+        "color": "blue",
+        "sockact_instance": "1",
+        "release": "v1",
+        "host": "web1",
+    }
+    assert [e["labels"]["release"] for e in sd["after"]] == ["v2", "v2"]
+    assert [e["labels"]["color"] for e in sd["after"]] == ["green", "green"]
+    assert [e["labels"]["sockact_instance"] for e in sd["aborted"]] == ["1", "2"]
+    # IPv6 admin address in brackets; a first deploy has nothing besides the new color
+    first = units(blue=("inactive", None, 0), green=("inactive", None, 0))
+    sd = state.file_sd(
+        first,
+        plan(first),
+        TARGET,
+        {},
+        OFFSETS,
+        layout.MAX_PER_COLOR,
+        "::1",
+        9000,
+        "web1",
+    )
+    assert [e["targets"] for e in sd["overlap"]] == [["[::1]:9001"], ["[::1]:9002"]]
+    assert sd["aborted"] == []
