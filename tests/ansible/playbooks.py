@@ -20,6 +20,7 @@ from typing import Any
 from sockact import layout
 from sockact.controller.probe import Probe, Report, Target
 from sockact_lab.lab import Host
+from tests.system import hostsetup as hs
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
@@ -267,9 +268,8 @@ def main_pids(h: Host, instances: list[int]) -> list[str]:
 
 
 def admin_json(h: Host, instance: int, path: str) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{layout.admin_port(instance)}{path}"
-    out = h.run("curl", "-s", "-m", "5", url).stdout
-    doc: dict[str, Any] = json.loads(out)
+    code, doc = hs.admin_get(h, instance, path)
+    assert code == 200, f"{h.name}: admin {path} of instance {instance}: {code} {doc}"
     return doc
 
 

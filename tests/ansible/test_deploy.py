@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from sockact.runtime import release
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
     APP_VARS,
@@ -49,6 +48,7 @@ from tests.ansible.playbooks import (
     run_infra_suite,
     snapshot,
     stop_problems,
+    units,
 )
 
 pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
@@ -61,24 +61,6 @@ SECRET = "s3cret-do-not-print-7f2a"
 def deploy_vars() -> dict[str, Any]:
     # a short drain keeps each swap quick; the demo's warm-up is 1 s
     return {**APP_VARS, "sockact_drain_timeout": 5.0, "sockact_app_env": {"API_TOKEN": SECRET}}
-
-
-@pytest.fixture(scope="module")
-def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """label -> the variables that deploy it, and its digest."""
-    out = {}
-    for label, version in (("v1", "1.0.0"), ("v2", "2.0.0"), ("v3", "3.0.0")):
-        house = releases[version]
-        ident = release.from_wheelhouse(house)
-        out[label] = {
-            "vars": {"sockact_release": label, "sockact_wheelhouse": str(house)},
-            "digest": ident.digest,
-            "short": ident.short,
-            "version": version,
-            "dir": HOST_LAYOUT.release_dir(f"{label}-{ident.short}"),
-            "wheels": sorted(w.name for w in house.glob("*.whl")),
-        }
-    return out
 
 
 def test_provision_in_check_mode_changes_nothing_on_a_fresh_host(
@@ -189,23 +171,47 @@ def test_deploy_in_check_mode_changes_nothing_and_says_what_it_would_do(
     assert SECRET not in run.output
 
 
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [
+        ("1", "DEMO_FAIL=1: this release's warm-up fails on purpose"),
+        ("500", "health gate: GET / answered 500"),
+    ],
+    ids=["warm-up fails", "answers 500 after a fine warm-up"],
+)
 def test_a_broken_config_is_rolled_back_and_v2_keeps_serving(
-    provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
+    provisioned: Path,
+    hosts: list[Host],
+    deploy_vars: dict[str, Any],
+    rel: dict[str, Any],
+    fault: str,
+    why: str,
 ) -> None:
-    """The same release v2 with a config whose warm-up fails: a config change is a switch
-    (blue with the new config); it fails on the first host and is rolled back there."""
+    """The same release v2 with a config that breaks it: a config change is a switch (blue
+    with the new config); it fails on the first host and is rolled back there. A release
+    whose warm-up is fine but whose app answers 500 never opens its listener: the health
+    gate stops it first, so not one client sees a 500."""
     pids_before = {h.name: main_pids(h, GREEN) for h in hosts}
+    since = host_now(hosts[0])
     broken = {
         **deploy_vars,
         **rel["v2"]["vars"],
-        "sockact_app_env": {"API_TOKEN": SECRET, "DEMO_FAIL": "1"},
+        "sockact_app_env": {"API_TOKEN": SECRET, "DEMO_FAIL": fault},
     }
-    run, report = deploy_under_load("broken config, rolled back", provisioned, broken, hosts)
+    run, report = deploy_under_load(
+        f"broken config ({why}), rolled back", provisioned, broken, hosts
+    )
     assert run.rc != 0, run.tail()
     first = hosts[0].name
     assert f"api@{BLUE[0]} failed to start on {first}" in run.text, run.tail()
-    assert "DEMO_FAIL" in run.output, run.tail()  # the journal tail says why
+    assert why in run.output, run.tail()  # the journal tail says why
     assert SECRET not in run.output
+    # the broken instances never listened: no 'serving on' in their journal
+    journal = hosts[0].run(
+        "journalctl", "--no-pager", "-o", "cat", f"--since={since}",
+        *(f"--unit={u}" for u in units(BLUE)), check=False,
+    ).stdout  # fmt: skip
+    assert why in journal and "serving on" not in journal, journal[-3000:]
     assert run.recap[first]["failed"] == 1, run.tail()
     assert_load_ok(report, "broken config")
     assert {ver for (_inst, ver) in report.samples} == {"2.0.0"}, report.samples

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from sockact.runtime import release
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
     APP_VARS,
@@ -68,18 +67,6 @@ def inventory(alab: Lab, hosts: list[Host]) -> Path:
 @pytest.fixture(scope="module")
 def deploy_vars(releases: dict[str, Path]) -> dict[str, Any]:
     return {**APP_VARS, "sockact_drain_timeout": 5.0, "sockact_listen": "socket"}
-
-
-@pytest.fixture(scope="module")
-def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for label, version in (("v1", "1.0.0"), ("v2", "2.0.0")):
-        house = releases[version]
-        out[label] = {
-            "vars": {"sockact_release": label, "sockact_wheelhouse": str(house)},
-            "digest": release.from_wheelhouse(house).digest,
-        }
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from typing import Any
 
 import pytest
 
-from sockact.runtime import release
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
     APP_VARS,
@@ -58,18 +57,6 @@ pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.
 #: two hundred requests per second): the scenarios are many, the playbook needs the CPU, and
 #: every request still counts
 LIGHT = 0.05
-
-
-@pytest.fixture(scope="module")
-def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for label, version in (("v1", "1.0.0"), ("v2", "2.0.0")):
-        house = releases[version]
-        out[label] = {
-            "vars": {"sockact_release": label, "sockact_wheelhouse": str(house)},
-            "digest": release.from_wheelhouse(house).digest,
-        }
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from sockact import layout
 from sockact_lab.lab import Host
 from tests import releases
 
@@ -246,24 +247,38 @@ def main_pid(host: Host, unit: str) -> int:
     return int(unit_props(host, unit, "MainPID")["MainPID"] or 0)
 
 
+#: GET with the host's own python3 (a minimal-image host has no curl): prints the status,
+#: a newline and the body; status 0 when nothing answered
+_GET = """\
+import sys, urllib.error, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(sys.argv[1], timeout=float(sys.argv[2])) as resp:
+        code, body = resp.status, resp.read()
+except urllib.error.HTTPError as exc:
+    code, body = exc.code, exc.read()
+except OSError:
+    code, body = 0, b""
+sys.stdout.write(str(code) + "\\n" + body.decode("utf-8", "replace"))
+"""
+
+
+def http_get(host: Host, url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET from inside the host (its loopback); status 0 when nothing
+    answered."""
+    proc = host.run("python3", "-c", _GET, url, str(timeout), check=False)
+    code, _, body = proc.stdout.partition("\n")
+    return (int(code) if code.isdigit() else 0), body
+
+
 def admin_get(host: Host, instance: int, path: str = "/ready") -> tuple[int, dict[str, object]]:
     """GET an instance's admin endpoint (loopback inside the host); (0, {}) when refused."""
-    proc = host.run(
-        "curl",
-        "-s",
-        "-m",
-        "3",
-        "-w",
-        "\n%{http_code}",
-        f"http://127.0.0.1:{9000 + instance}{path}",
-        check=False,
-    )
-    body, _, code = proc.stdout.rpartition("\n")
+    code, body = http_get(host, f"http://127.0.0.1:{layout.admin_port(instance)}{path}", 3.0)
     try:
         doc = json.loads(body) if body.strip() else {}
     except ValueError:
         doc = {"raw": body}
-    return int(code or 0), doc
+    return code, doc
 
 
 def listeners(host: Host, port: int = PORT) -> str:

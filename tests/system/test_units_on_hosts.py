@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sockact import layout
 from sockact.controller.probe import Probe, Report, Target
 from sockact_lab.lab import Host
 from tests.system import hostsetup as hs
@@ -242,11 +243,11 @@ def test_metrics_under_the_hardened_unit(reuseport: Deployed) -> None:
     the process metrics read /proc, build info finds the demo's distribution."""
     host = reuseport.host
     reuseport.ensure_only(2)
-    proc = host.run("curl", "-sf", "-m", "5", "http://127.0.0.1:9002/metrics", check=False)
-    assert proc.returncode == 0, f"{proc.stderr}\n{reuseport.report('api@2')}"
+    code, text = hs.http_get(host, f"http://127.0.0.1:{layout.admin_port(2)}/metrics")
+    assert code == 200, f"{code}\n{reuseport.report('api@2')}"
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for f in text_string_to_metric_families(proc.stdout)
+        for f in text_string_to_metric_families(text)
         for s in f.samples
     }
     assert samples[("sockact_phase", (("phase", "ready"),))] == 1

@@ -3,11 +3,12 @@
 Its own distribution (``sockact-demo``, examples/demo), not part of sockact. It reports
 the version of its installed distribution, from its own metadata only (a release is what
 is installed, nothing a deploy writes into the environment). Environment:
-``DEMO_WARMUP`` (seconds the warm-up takes, default 1), ``DEMO_FAIL`` (when ``1``, the
-warm-up raises: a broken release), and two faults that show only under load, for trying
-a canary: ``DEMO_ERROR_RATE`` (a fraction, e.g. ``0.05``: that share of the requests to
-``/`` answer 500, evenly spaced and never the first ones, so the one request of a health
-gate passes) and ``DEMO_DELAY_MS`` (milliseconds added to every request to ``/``)::
+``DEMO_WARMUP`` (seconds the warm-up takes, default 1), ``DEMO_FAIL`` (``1``: the
+warm-up raises; ``500``: the warm-up is fine but every request answers 500; broken
+releases, for tests), and two faults that show only under load, for trying a canary:
+``DEMO_ERROR_RATE`` (a fraction, e.g. ``0.05``: that share of the requests to ``/``
+answer 500, evenly spaced and never the first ones, so the one request of a health gate
+passes) and ``DEMO_DELAY_MS`` (milliseconds added to every request to ``/``)::
 
     sockact serve --app sockact_demo:create_app --warmup sockact_demo:warmup --instance 1
     curl localhost:8080/          # {"instance": 1, "pid": ..., "version": "1.0.0"}
@@ -58,6 +59,12 @@ def create_app() -> Flask:
         raise ValueError(f"DEMO_ERROR_RATE = {error_rate}: must be between 0 and 1")
     delay = _env_float("DEMO_DELAY_MS", 0.0) / 1000
     served = itertools.count(1)  # next() is atomic under the GIL: threads share it
+
+    if os.environ.get("DEMO_FAIL") == "500":
+
+        @app.before_request
+        def broken() -> ResponseReturnValue:
+            return jsonify(error="DEMO_FAIL=500: this release answers 500 on purpose"), 500
 
     @app.get("/")
     def index() -> ResponseReturnValue:
