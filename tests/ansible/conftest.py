@@ -1,5 +1,5 @@
-"""Fixtures of the Ansible tests: a lab of 2 hosts per test module (or the module's LAB_HOSTS); releases (wheelhouses
-of different content) built once per session."""
+"""Fixtures of the Ansible tests: a lab of 2 hosts per test module (or the module's
+``LAB_HOSTS``); releases (wheelhouses of different content) built once per session."""
 
 from __future__ import annotations
 

@@ -42,7 +42,6 @@ from typing import Any
 import pytest
 
 from sockact.controller.probe import Probe, Report
-from sockact.runtime import release
 from sockact_lab.lab import Host, Lab
 from tests.ansible.playbooks import (
     APP_VARS,
@@ -90,19 +89,6 @@ def deploy_vars() -> dict[str, Any]:
         # the canary host's probe makes some hundreds of requests per color in the window
         "sockact_canary_min_requests": 100,
     }
-
-
-@pytest.fixture(scope="module")
-def rel(releases: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for label, version in (("v1", "1.0.0"), ("v2", "2.0.0"), ("v3", "3.0.0")):
-        house = releases[version]
-        out[label] = {
-            "vars": {"sockact_release": label, "sockact_wheelhouse": str(house)},
-            "digest": release.from_wheelhouse(house).digest,
-            "version": version,
-        }
-    return out
 
 
 @pytest.fixture(scope="module")

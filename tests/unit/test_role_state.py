@@ -229,3 +229,19 @@ def test_file_sd_lists_both_colors_during_the_overlap_then_the_one_that_runs() -
     )
     assert [e["targets"] for e in sd["overlap"]] == [["[::1]:9001"], ["[::1]:9002"]]
     assert sd["aborted"] == []
+
+
+def test_step_times_of_the_switch_line() -> None:
+    """The role's 'Say how long the switch took' line (filter_plugins/sockact_switch.py)."""
+    spec = importlib.util.spec_from_file_location(
+        "sockact_switch", MODULE.parents[1] / "filter_plugins" / "sockact_switch.py"
+    )
+    assert spec and spec.loader
+    switch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(switch)
+    assert switch.seconds("0:00:03.123456") == 3.12
+    assert switch.seconds("1:01:00.5") == 3660.5
+    assert switch.seconds("") == 0.0 and switch.seconds(None) == 0.0
+    steps = [["start", "0:00:01.5"], ["canary", ""], ["stop of the old color", "0:00:00.25"]]
+    assert switch.steps(steps) == " (start 1.5 s, stop of the old color 0.2 s)"
+    assert switch.steps([["start", ""]]) == ""

@@ -18,6 +18,17 @@ def seconds(delta: Any) -> float:
         return 0.0
 
 
+def steps(pairs: Any) -> str:
+    """`` (start 1.5 s, canary 30.0 s)`` from ``[[name, delta], ...]``: the steps that
+    ran (a skipped one has no delta), or "" when none did."""
+    done = []
+    for name, delta in pairs or []:
+        secs = seconds(delta)
+        if secs > 0:
+            done.append(f"{name} {secs:.1f} s")
+    return f" ({', '.join(done)})" if done else ""
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
-        return {"sockact_seconds": seconds}
+        return {"sockact_seconds": seconds, "sockact_steps": steps}
