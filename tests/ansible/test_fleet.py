@@ -150,7 +150,9 @@ def deploy_under_loads(
 
 def switch_times(run: Run) -> dict[str, float]:
     """host -> seconds of its switch, from the role's 'Say how long' lines."""
-    found = re.findall(r"(sockact-\d+): [^\"]*? in (\d+\.\d) s", run.text)
+    found = re.findall(
+        r"(sockact-\d+): (?:nothing to do|\S+ -> \S+ \(\S+\)) in (\d+\.\d) s", run.text
+    )
     return {host: float(s) for host, s in found}
 
 
