@@ -5,7 +5,8 @@ For each size N: boot N lab hosts (the minimal Debian 12 image), provision them,
 everywhere at once, then time the deploy of v2 with the schedule (default
 ``[1, "25%", "100%"]``: one canary host, a quarter, the rest) and the canary on the first
 batch, under load: one probe on the first host (2 keep-alive + 2 new-connection
-clients), one on the others (one of each per host). It prints, per size, the wall time of
+clients, 20 ms between requests), one on the others (one of each per host, 50 ms between
+requests), as in tests/ansible/test_fleet.py. It prints, per size, the wall time of
 each play, the slowest tasks (summed over the run, as the output's TASK banners show
 them), each host's switch time as the role prints it, and the load's figures; and the
 ratio of the largest size's deploy to the smallest's. Not a test: it asserts nothing.
@@ -40,7 +41,13 @@ sys.path.insert(0, str(REPO))
 
 from sockact.controller.probe import Probe  # noqa: E402
 from sockact_lab.lab import Lab  # noqa: E402
-from tests.ansible.playbooks import APP_VARS, PAUSE, _command, probe_targets  # noqa: E402
+from tests.ansible.playbooks import (  # noqa: E402
+    APP_VARS,
+    CANARY_PAUSE,
+    REST_PAUSE,
+    _command,
+    probe_targets,
+)
 from tests.releases import releases as build_releases  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -135,14 +142,14 @@ def one_size(count: int, args: argparse.Namespace, houses: dict[str, Path]) -> d
             "sockact_serial": args.schedule,
         }
         canary = Probe(
-            probe_targets(hosts[:1]), keepalive_clients=2, new_conn_clients=2, pause=PAUSE
+            probe_targets(hosts[:1]), keepalive_clients=2, new_conn_clients=2, pause=CANARY_PAUSE
         ).start()
         rest = (
             Probe(
                 probe_targets(hosts[1:]),
                 keepalive_clients=count - 1,
                 new_conn_clients=count - 1,
-                pause=PAUSE,
+                pause=REST_PAUSE,
             ).start()
             if count > 1
             else None

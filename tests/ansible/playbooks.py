@@ -43,6 +43,12 @@ NEW_CONN = 6
 #: seconds each client waits between its requests: continuous load that leaves CPU for the
 #: playbook on a 2-core machine (0 = as fast as possible; SOCKACT_PROBE_PAUSE overrides)
 PAUSE = float(os.environ.get("SOCKACT_PROBE_PAUSE", "0.01"))
+#: a fleet's load (test_fleet.py, bench/fleet.py): one keep-alive and one new-connection
+#: client per host, each waiting REST_PAUSE between its requests, which leaves the 2
+#: shared cores to the installs and switches of 8 hosts; on the canary host 2 of each,
+#: CANARY_PAUSE apart: the canary needs some hundreds of requests per color in its window
+REST_PAUSE = 0.05
+CANARY_PAUSE = 0.02
 #: a playbook run may take this long (a loaded 2-core machine; installs build venvs)
 PLAYBOOK_TIMEOUT = 900
 #: no request may take this long: a generous bound on a busy 2-core machine that a real

@@ -47,9 +47,10 @@ from tests.ansible.playbooks import (
     APP_VARS,
     BIN,
     BLUE,
+    CANARY_PAUSE,
     GREEN,
     HOST_LAYOUT,
-    PAUSE,
+    REST_PAUSE,
     Run,
     assert_converged,
     assert_load_ok,
@@ -119,13 +120,13 @@ class Loads:
 
 def start_loads(hosts: list[Host]) -> tuple[Probe, Probe]:
     canary = Probe(
-        probe_targets(hosts[:1]), keepalive_clients=2, new_conn_clients=2, pause=PAUSE
+        probe_targets(hosts[:1]), keepalive_clients=2, new_conn_clients=2, pause=CANARY_PAUSE
     ).start()
     rest = Probe(
         probe_targets(hosts[1:]),
         keepalive_clients=len(hosts) - 1,
         new_conn_clients=len(hosts) - 1,
-        pause=PAUSE,
+        pause=REST_PAUSE,
     ).start()
     return canary, rest
 
@@ -393,7 +394,7 @@ def test_a_killed_canary_never_promotes_the_bad_release(
     assert rec["release"]["digest"] == rel["v2"]["digest"], "needs the fleet on v2"
     since = host_now(h)
     bad = {**deploy_vars, **rel["v3"]["vars"], "sockact_app_env": BAD_ENV}
-    probe = Probe(probe_targets([h]), keepalive_clients=2, new_conn_clients=2, pause=PAUSE)
+    probe = Probe(probe_targets([h]), keepalive_clients=2, new_conn_clients=2, pause=CANARY_PAUSE)
     probe.start()
     try:
         # a few seconds into the canary's window, or right after the verdict was written
