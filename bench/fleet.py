@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,10 +68,13 @@ class Timed:
     #: host -> the role's "in X s" switch time
     switch: dict[str, float] = field(default_factory=dict)
     canary: list[str] = field(default_factory=list)
+    #: CPU seconds of ansible-playbook, its workers and their ssh clients (the controller)
+    controller_cpu: float = 0.0
 
 
 def timed_playbook(name: str, inventory: Path, extra: dict[str, Any]) -> Timed:
     cmd, env = _command(name, inventory, extra, ())
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -103,13 +107,15 @@ def timed_playbook(name: str, inventory: Path, extra: dict[str, Any]) -> Timed:
                 plays.append((current_play[0], now - current_play[1]))
             current_play = (banner[2], now) if banner is not None else None
     rc = proc.wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     text = " ".join("".join(lines).split())
     said = re.findall(r"(sockact-\d+): (?:nothing to do|\S+ -> \S+ \(\S+\)) in (\d+\.\d) s", text)
     switch = {h: float(s) for h, s in said}
     canary = re.findall(r"(sockact-\d+: canary of .*?window \S+ \.\. \S+)", text)
     if rc != 0:
         print("".join(lines[-60:]), file=sys.stderr)
-    return Timed(rc, time.monotonic() - started, plays, dict(tasks), switch, canary)
+    return Timed(rc, time.monotonic() - started, plays, dict(tasks), switch, canary, round(cpu, 1))
 
 
 def one_size(count: int, args: argparse.Namespace, houses: dict[str, Path]) -> dict[str, Any]:
@@ -185,7 +191,8 @@ def print_size(r: dict[str, Any]) -> None:
         t = r.get(key)
         if not t:
             continue
-        print(f"  {key:<10} {t['seconds']:7.1f} s  rc={t['rc']}")
+        cpu = t.get("controller_cpu", 0.0)
+        print(f"  {key:<10} {t['seconds']:7.1f} s  rc={t['rc']}  controller CPU {cpu:.1f} s")
     v2 = r.get("deploy_v2")
     if not v2:
         print("  ", r.get("error", "no v2 deploy"))
