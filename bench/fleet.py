@@ -9,10 +9,14 @@ clients, 20 ms between requests), one on the others (one of each per host, 50 ms
 requests), as in tests/ansible/test_fleet.py. It prints, per size, the wall time of
 each play, the slowest tasks (summed over the run, as the output's TASK banners show
 them), each host's switch time as the role prints it, and the load's figures; and the
-ratio of the largest size's deploy to the smallest's. Not a test: it asserts nothing.
+ratio of the largest size's deploy to the smallest's. ``--variants`` adds switch-only
+deploys (both releases installed, no canary) with Ansible's SSH connection reuse or
+pipelining turned off. Not a test: it asserts nothing.
 
     sudo .venv/bin/python bench/fleet.py                      # 2 and 8 hosts
     sudo .venv/bin/python bench/fleet.py --hosts 2 4 8 --canary-seconds 0
+    sudo .venv/bin/python bench/fleet.py --hosts 8 \
+        --variants default no-controlpersist no-pipelining
     .venv/bin/python bench/fleet.py --from-json bench/results/<file>-fleet.json
 
 Needs root, systemd-nspawn and the lab's image (sockact-lab image build), like the
@@ -72,8 +76,20 @@ class Timed:
     controller_cpu: float = 0.0
 
 
-def timed_playbook(name: str, inventory: Path, extra: dict[str, Any]) -> Timed:
+#: --variants: switch-only deploys (the release already installed, no canary) with
+#: Ansible's SSH settings changed, to show what connection reuse buys
+VARIANTS: dict[str, dict[str, str]] = {
+    "default": {},
+    "no-controlpersist": {"ANSIBLE_SSH_ARGS": "-o ControlMaster=no"},
+    "no-pipelining": {"ANSIBLE_PIPELINING": "False"},
+}
+
+
+def timed_playbook(
+    name: str, inventory: Path, extra: dict[str, Any], env_extra: dict[str, str] | None = None
+) -> Timed:
     cmd, env = _command(name, inventory, extra, ())
+    env.update(env_extra or {})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -168,6 +184,27 @@ def one_size(count: int, args: argparse.Namespace, houses: dict[str, Path]) -> d
             reports = [canary.stop()] + ([rest.stop()] if rest is not None else [])
         out["deploy_v2"] = asdict(run)
         out["load_average"] = [round(load1, 1), round(load2, 1)]
+        # switch-only deploys back and forth (both releases installed), one per variant
+        out["variants"] = {}
+        current = "v2"
+        for variant in args.variants:
+            label = "v1" if current == "v2" else "v2"
+            extra = {
+                **base,
+                "sockact_release": label,
+                "sockact_wheelhouse": str(houses["1.0.0" if label == "v1" else "2.0.0"]),
+                "sockact_serial": args.schedule,
+                "sockact_canary_seconds": 0,
+            }
+            t = timed_playbook("deploy.yml", inv, extra, VARIANTS[variant])
+            out["variants"][variant] = {
+                "to": label,
+                "rc": t.rc,
+                "seconds": round(t.seconds, 1),
+                "controller_cpu": t.controller_cpu,
+                "switch_median": statistics.median(t.switch.values()) if t.switch else None,
+            }
+            current = label if t.rc == 0 else current
         out["probe"] = [
             {
                 "requests": r.total,
@@ -217,6 +254,11 @@ def print_size(r: dict[str, Any]) -> None:
             f"{p['failures']}, {p['rps']}/s, p99 {p['p99_ms']} ms, max {p['max_ms']} ms"
         )
     print(f"  load average before/after the v2 deploy: {r.get('load_average')}")
+    for variant, v in r.get("variants", {}).items():
+        print(
+            f"  switch-only deploy to {v['to']} ({variant}): {v['seconds']:.1f} s, rc={v['rc']}, "
+            f"controller CPU {v['controller_cpu']:.1f} s, median host switch {v['switch_median']} s"
+        )
 
 
 def print_all(doc: dict[str, Any]) -> None:
@@ -238,6 +280,13 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, nargs="+", default=[2, 8])
     ap.add_argument("--schedule", type=json.loads, default=DEFAULT_SCHEDULE)
     ap.add_argument("--canary-seconds", type=float, default=15.0)
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        choices=sorted(VARIANTS),
+        default=[],
+        help="after v2, switch-only deploys back and forth with these SSH settings",
+    )
     ap.add_argument("--from-json", type=Path)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
