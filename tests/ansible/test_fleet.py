@@ -244,6 +244,19 @@ def failures_in_time(report: Report) -> list[tuple[float, dict[str, int]]]:
 # --------------------------------------------------------------------------- tests
 
 
+def test_preflight_refuses_a_bad_schedule_or_canary_before_any_host_changes(
+    fleet: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
+) -> None:
+    before = {h.name: (record(h), main_pids(h, BLUE)) for h in hosts}
+    bad = {**deploy_vars, **rel["v2"]["vars"], "sockact_serial": [1, "0%", "x"]}
+    run = playbook("deploy.yml", fleet, {**bad, "sockact_canary_max_p99_ratio": 0.5})
+    assert run.rc != 0, run.tail()
+    assert 'bad batch or canary variables: sockact_serial=[1, "0%", "x"]' in run.text, run.tail()
+    assert "PLAY [Install the release on every host]" not in run.output, run.tail()
+    for h in hosts:
+        assert (record(h), main_pids(h, BLUE)) == before[h.name], h.name
+
+
 @dataclass
 class Upgrade:
     run: Run
