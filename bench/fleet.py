@@ -296,20 +296,23 @@ def main() -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
     ).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="sockact-bench-fleet-") as tmp:
-        houses = build_releases(("1.0.0", "2.0.0"), Path(tmp))
-        doc = {
-            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "commit": commit,
-            "schedule": args.schedule,
-            "canary_seconds": args.canary_seconds,
-            "cores": os.cpu_count(),
-            "sizes": [one_size(n, args, houses) for n in args.hosts],
-        }
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or RESULTS / f"{stamp}-{commit}-fleet.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    doc: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": commit,
+        "schedule": args.schedule,
+        "canary_seconds": args.canary_seconds,
+        "cores": os.cpu_count(),
+        "sizes": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="sockact-bench-fleet-") as tmp:
+        houses = build_releases(("1.0.0", "2.0.0"), Path(tmp))
+        for n in args.hosts:
+            doc["sizes"].append(one_size(n, args, houses))
+            # after each size: an interrupted run keeps what it measured
+            out.write_text(json.dumps(doc, indent=2) + "\n")
     print_all(doc)
     print(f"\nraw results: {out}")
     return 0
