@@ -41,6 +41,8 @@ MAX_PER_COLOR: Final = 99
 #: In each release directory: what the release is (label, digest, wheels), written last by
 #: the install, so a directory without it is an incomplete install.
 RELEASE_META: Final = "release.json"
+#: In the config dir: the Prometheus file_sd targets file of the host (docs/metrics.md).
+PROMETHEUS_TARGETS: Final = "prometheus-targets.json"
 
 
 def admin_port(instance: int) -> int:
@@ -102,6 +104,13 @@ class HostLayout:
     @property
     def instance_config_dir(self) -> str:
         return f"{self.config_dir}/instances"
+
+    @property
+    def prometheus_targets(self) -> str:
+        """The Prometheus file_sd targets file: the admin endpoint of every instance of the
+        colors that run, with their labels (docs/metrics.md); mode 0644, written by the
+        role at each switch."""
+        return f"{self.config_dir}/{PROMETHEUS_TARGETS}"
 
     def instance_config(self, instance: int | str) -> str:
         return f"{self.instance_config_dir}/{instance}.toml"
@@ -167,6 +176,7 @@ class HostLayout:
             **asdict(self),
             "deploy_record": self.deploy_record,
             "deploy_intent": self.deploy_intent,
+            "prometheus_targets": self.prometheus_targets,
             "release_meta_file": RELEASE_META,
             "wheelhouse_dir": self.wheelhouse_dir,
             "releases_dir": self.releases_dir,

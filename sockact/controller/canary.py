@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -171,6 +171,9 @@ class Verdict:
     window: float
     #: why the new color failed; empty when ok
     reasons: list[str]
+    #: wall clock (Unix time) of the first and the second reading: the window compared
+    started_at: float = 0.0
+    ended_at: float = 0.0
 
     def table(self) -> str:
         """A few lines for a human: both colors side by side and the verdict."""
@@ -238,18 +241,22 @@ def run(
     *,
     fetch: Fetch = fetch_metrics,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
 ) -> Verdict:
     """Read every admin address, wait ``window`` seconds, read again, and compare."""
 
     def snapshot() -> tuple[list[Stats], list[Stats]]:
         return [parse_metrics(fetch(a)) for a in old], [parse_metrics(fetch(a)) for a in new]
 
+    started_at = clock()
     old_before, new_before = snapshot()
     sleep(window)
     old_after, new_after = snapshot()
+    ended_at = clock()
     old_delta = total(a - b for a, b in zip(old_after, old_before, strict=True))
     new_delta = total(a - b for a, b in zip(new_after, new_before, strict=True))
-    return analyse(old_delta, new_delta, thresholds, window)
+    verdict = analyse(old_delta, new_delta, thresholds, window)
+    return replace(verdict, started_at=round(started_at, 3), ended_at=round(ended_at, 3))
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -263,7 +270,7 @@ def _command(args: argparse.Namespace) -> int:
     )
     verdict = run(args.old, args.new, args.window, thresholds)
     if args.json:
-        print(json.dumps(asdict(verdict), sort_keys=True))
+        print(json.dumps({**asdict(verdict), "table": verdict.table()}, sort_keys=True))
     else:
         print(verdict.table())
     sys.stdout.flush()
@@ -304,5 +311,9 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument(
         "--p99-slack", type=float, default=d.p99_slack, help=f"seconds (default {d.p99_slack})"
     )
-    p.add_argument("--json", action="store_true", help="print the verdict as one JSON line")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the verdict as one JSON line (with the table as 'table')",
+    )
     p.set_defaults(func=_command)

@@ -262,6 +262,12 @@ class AdminServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._thread.start()
 
+    @property
+    def release_digest(self) -> str:
+        """The digest ``/release`` reports (empty when it could not be computed)."""
+        digest = self._state.release.get("digest")
+        return digest if isinstance(digest, str) else ""
+
     def set_check(self, check: Callable[[], CheckResult]) -> None:
         """Enable ``/check`` once the app is warm."""
         self._state.check = check

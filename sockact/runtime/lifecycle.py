@@ -134,6 +134,8 @@ class Instance:
         self._ignored: collections.deque[str] = collections.deque()
         self._next_watchdog = 0.0
         self._watchdog_every = systemd.watchdog_interval()
+        #: the release this process runs, as the admin server's /release computed it
+        self._release_digest = ""
 
     # -- phases -------------------------------------------------------------------------
 
@@ -150,6 +152,7 @@ class Instance:
         setup_logging(self.cfg, self.metrics)
         cfg = self.cfg
         admin = AdminServer(cfg.admin_host, cfg.admin_port, self.metrics)
+        self._release_digest = admin.release_digest
         try:
             # 1. admin server first: /live and /ready answer during everything below
             admin.start()
@@ -246,7 +249,7 @@ class Instance:
 
         def work() -> object:
             # first, so that a scrape during a long warm-up says what is warming
-            self.metrics.set_build_info(build_labels(cfg.app))
+            self.metrics.set_build_info(build_labels(cfg.app, self._release_digest))
             app = _import(cfg.app, "app factory")()
             if cfg.warmup:
                 _import(cfg.warmup, "warm-up")(app)

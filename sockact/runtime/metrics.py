@@ -80,8 +80,8 @@ def build_labels(app: str, release_digest: str = "") -> dict[str, str]:
 
     ``app_distribution`` and ``app_version`` are those of the installed distribution that
     provides the factory's top-level module (empty when none does, e.g. a module on
-    PYTHONPATH). ``release_digest`` identifies the release when the runtime knows it
-    (empty otherwise); a caller that learns more passes it here. Not ``release``: the
+    PYTHONPATH). ``release_digest`` identifies the release: the runtime passes the digest
+    its admin ``/release`` computed at start (empty when it could not). Not ``release``: the
     scrape targets carry a ``release`` label (docs/metrics.md), and Prometheus would
     rename ours to ``exported_release``.
     """

@@ -1,5 +1,5 @@
-"""Fixtures of the Ansible tests: a lab of 2 hosts per test module; releases (wheelhouses
-of different content) built once per session."""
+"""Fixtures of the Ansible tests: a lab of 2 hosts per test module (or the module's
+``LAB_HOSTS``); releases (wheelhouses of different content) built once per session."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from tests.releases import releases as build_releases
 
 
 @pytest.fixture(scope="module")
-def alab(lab_image: Image) -> Iterator[Lab]:
-    """A lab of 2 hosts for this module only, fresh Debian 12 hosts of the minimal image."""
+def alab(lab_image: Image, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A lab for this module only, fresh Debian 12 hosts of the minimal image: 2 hosts, or
+    the module's ``LAB_HOSTS``."""
+    count = int(getattr(request.module, "LAB_HOSTS", 2))
     reason = lab_skip_reason()
     if reason:
         cannot_run(reason)
@@ -30,7 +32,7 @@ def alab(lab_image: Image) -> Iterator[Lab]:
     directory = Path(tempfile.mkdtemp(prefix="sockact-lab-ansible-", dir="/var/tmp"))
     the_lab = Lab(directory)
     try:
-        the_lab.up(2, progress=say)
+        the_lab.up(count, progress=say)
         yield the_lab
     finally:
         the_lab.down(progress=say, purge=True)

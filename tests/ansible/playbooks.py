@@ -30,9 +30,12 @@ HOST_LAYOUT = layout.HostLayout(layout.DEFAULT_NAME)
 BLUE = layout.instances_of("blue", 2)
 GREEN = layout.instances_of("green", 2)
 #: The app every deploy of these tests runs (the role has no default app, on purpose).
+#: The canary is off: test_fleet.py tests it; elsewhere it would add its window to the
+#: first switch of every deploy, and fail closed on deploys made without load.
 APP_VARS: dict[str, Any] = {
     "sockact_app": "sockact_demo:create_app",
     "sockact_warmup": "sockact_demo:warmup",
+    "sockact_canary_seconds": 0,
 }
 #: 6 keep-alive + 6 new-connection clients, as in the measurements of docs/design.md
 KEEPALIVE = 6
@@ -40,6 +43,12 @@ NEW_CONN = 6
 #: seconds each client waits between its requests: continuous load that leaves CPU for the
 #: playbook on a 2-core machine (0 = as fast as possible; SOCKACT_PROBE_PAUSE overrides)
 PAUSE = float(os.environ.get("SOCKACT_PROBE_PAUSE", "0.01"))
+#: a fleet's load (test_fleet.py, bench/fleet.py): one keep-alive and one new-connection
+#: client per host, each waiting REST_PAUSE between its requests, which leaves the 2
+#: shared cores to the installs and switches of 8 hosts; on the canary host 2 of each,
+#: CANARY_PAUSE apart: the canary needs some hundreds of requests per color in its window
+REST_PAUSE = 0.05
+CANARY_PAUSE = 0.02
 #: a playbook run may take this long (a loaded 2-core machine; installs build venvs)
 PLAYBOOK_TIMEOUT = 900
 #: no request may take this long: a generous bound on a busy 2-core machine that a real

@@ -8,6 +8,7 @@ that raises, a request waitress cannot parse, a slow one), then each test reads 
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -142,12 +143,16 @@ def test_phase_connections_warmup_and_build_info(served: Served) -> None:
     warmup = metric(text, "sockact_warmup_duration_seconds")
     assert warmup is not None and warmup >= 0.3  # WARMUP=0.3 s, and the factory
     assert metric(text, "sockact_drain_duration_seconds") == 0
+    # the release digest is the one /release reports: what this process runs
+    _status, _headers, body = http_get(sp.admin_port, "/release", host=sp.admin_host)
+    digest = json.loads(body)["digest"]
+    assert isinstance(digest, str) and len(digest) == 64, body
     build = {
         "version": __version__,
         "app": f"{TEST_APPS}:create_app",
         "app_distribution": "",
         "app_version": "",
-        "release_digest": "",
+        "release_digest": digest,
     }
     assert metric(text, "sockact_build_info", **build) == 1, text
     for name in ("process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"):

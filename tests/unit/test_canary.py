@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
@@ -82,6 +84,8 @@ def test_a_good_release_passes() -> None:
     verdict = run_window((300, 0.004, 0), (300, 0.004, 0))
     assert verdict.ok, verdict.table()
     assert (verdict.old.requests, verdict.new.requests) == (600, 600)
+    # the window compared, in wall-clock time: what a load report is aligned with
+    assert 0 < verdict.started_at <= verdict.ended_at, verdict
 
 
 def test_five_percent_errors_only_under_load_fail() -> None:
@@ -122,3 +126,18 @@ def test_an_unreachable_instance_fails_closed(capsys: pytest.CaptureFixture[str]
     rc = main(["canary", "--old", "127.0.0.1:1", "--new", "127.0.0.1:1", "--window", "0.01"])
     assert rc == 7
     assert "cannot read http://127.0.0.1:1/metrics" in capsys.readouterr().err
+
+
+def test_json_output_carries_the_verdict_and_its_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Ansible role prints and records: the figures and the table for a human."""
+    from sockact.cli import main
+
+    verdict = run_window((300, 0.004, 0), (285, 0.004, 15))
+    monkeypatch.setattr(canary, "run", lambda *args, **kwargs: verdict)
+    argv = ["canary", "--old", "o0", "--new", "n0", "--window", "30", "--json"]
+    assert main(argv) == 7
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["new"]["errors"], doc["table"]) == (False, 30, verdict.table())
+    assert doc["started_at"] == verdict.started_at and doc["reasons"] == verdict.reasons

@@ -4,9 +4,12 @@ the version of its own distribution."""
 from __future__ import annotations
 
 import re
+import time
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
+
+import pytest
 
 import catalog
 import sockact_demo
@@ -31,6 +34,32 @@ def test_catalog_refuses_work_until_warm() -> None:
 def test_demo_reports_its_distribution_version() -> None:
     app = sockact_demo.create_app()
     assert app.test_client().get("/").json["version"] == version("sockact-demo")
+
+
+def test_demo_error_rate_fails_that_share_of_requests_never_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DEMO_ERROR_RATE", "0.05")
+    client = sockact_demo.create_app().test_client()
+    statuses = [client.get("/").status_code for _ in range(200)]
+    assert statuses.count(500) == 10 and statuses.count(200) == 190
+    assert statuses[:19] == [200] * 19 and statuses[19] == 500
+    # other routes keep working
+    assert client.get("/slow", query_string={"ms": "0"}).status_code == 200
+    monkeypatch.setenv("DEMO_ERROR_RATE", "2")
+    with pytest.raises(ValueError, match="DEMO_ERROR_RATE"):
+        sockact_demo.create_app()
+
+
+def test_demo_without_faults_answers_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEMO_ERROR_RATE", raising=False)
+    monkeypatch.setenv("DEMO_DELAY_MS", "20")
+    client = sockact_demo.create_app().test_client()
+    started = time.monotonic()
+    assert {client.get("/").status_code for _ in range(5)} == {200}
+    assert time.monotonic() - started >= 0.1  # 5 x 20 ms at least
+    assert [sockact_demo.fails(n, 0.0) for n in range(1, 100)] == [False] * 99
+    assert [sockact_demo.fails(n, 1.0) for n in range(1, 4)] == [True] * 3
 
 
 def test_the_demo_lock_pins_every_runtime_dependency() -> None:

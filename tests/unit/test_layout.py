@@ -29,6 +29,7 @@ def test_paths_follow_the_name_unless_given() -> None:
     moved = layout.HostLayout("web", "/srv/etc", "/srv/opt")
     assert moved.deploy_record == "/srv/etc/deploy.json"
     assert moved.deploy_intent == "/srv/etc/deploy.intent.json"
+    assert moved.prometheus_targets == "/srv/etc/prometheus-targets.json"
     assert moved.release_meta("r1") == "/srv/opt/releases/r1/release.json"
     assert moved.release_dir("r1") == "/srv/opt/releases/r1"
 
@@ -40,7 +41,13 @@ def test_layout_command_prints_json_for_the_role(capsys: pytest.CaptureFixture[s
     assert data["unit_files"]["socket"] == ["web@.service", "web.socket", "web.service"]
     assert data["serve_mode_of"] == {"reuseport": "reuseport", "socket": "inherit"}
     # what the role reads instead of keeping copies (ansible/roles/sockact/tasks/layout.yml)
-    for key in ("deploy_intent", "release_meta_file", "wheelhouse_dir", "instances_dir"):
+    for key in (
+        "deploy_intent",
+        "release_meta_file",
+        "wheelhouse_dir",
+        "instances_dir",
+        "prometheus_targets",
+    ):
         assert data[key], key
 
 

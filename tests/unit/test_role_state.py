@@ -165,3 +165,96 @@ def test_a_running_color_whose_ready_does_not_answer_is_still_never_stopped_firs
     p = plan(u, recorded, [101, 102])
     assert (p["old"], p["new"]) == ("green", "blue"), p
     assert p["stop_first"] == [] and p["stop_after"] == [101, 102], p
+
+
+# --------------------------------------------------------------------------- canary, file_sd
+
+CONFIG = {"1": "a a", "2": "a a", "101": "b b", "102": "b b"}
+
+
+def test_the_plan_names_the_new_instances_their_config_and_the_old_ready_ones() -> None:
+    u = units(blue=("active", OLD, 2), green=("inactive", None, 0))
+    p = state.plan(u, BLUE_OLD, {}, [1, 2], 2, OFFSETS, layout.MAX_PER_COLOR, TARGET, {}, CONFIG)
+    assert (p["instances"], p["canary_old"], p["canary_prior"]) == ([101, 102], [1, 2], None)
+    # the id follows the new color's files only
+    other = {**CONFIG, "1": "x x"}
+    assert state.config_id(other, [101, 102]) == p["config_id"]
+    assert state.config_id({**CONFIG, "101": "x x"}, [101, 102]) != p["config_id"]
+    first = plan(units(blue=("inactive", None, 0), green=("inactive", None, 0)))
+    assert first["canary_old"] == []  # nothing serves: nothing to compare with
+
+
+@pytest.mark.parametrize("prior", ["pending", "passed", "failed"])
+def test_an_interrupted_canary_of_the_same_target_is_carried_over(prior: str) -> None:
+    """Killed during the canary, after its verdict or before the abort: the re-run sees
+    the new color ready on the target (finish) and must know what the canary said."""
+    u = units(blue=("active", OLD, 2), green=("active", NEW, 2))
+    config = state.config_id(CONFIG, [101, 102])
+    intent = {"to": {"color": "green", "release": TARGET, "config": config}}
+    intent["canary"] = {"state": prior}
+    p = state.plan(
+        u, BLUE_OLD, intent, [1, 2], 2, OFFSETS, layout.MAX_PER_COLOR, TARGET, {}, CONFIG
+    )
+    assert (p["action"], p["canary_prior"], p["canary_old"]) == ("finish", prior, [1, 2])
+    # another release, or the same release with other settings: a new deploy
+    other_release = {**intent, "to": {**intent["to"], "release": {"digest": "c" * 64}}}
+    other_config = {**intent, "to": {**intent["to"], "config": "0" * 40}}
+    for stale in (other_release, other_config):
+        got = state.plan(
+            u, BLUE_OLD, stale, [1, 2], 2, OFFSETS, layout.MAX_PER_COLOR, TARGET, {}, CONFIG
+        )
+        assert got["canary_prior"] is None
+
+
+def test_file_sd_lists_both_colors_during_the_overlap_then_the_one_that_runs() -> None:
+    u = units(blue=("active", OLD, 2), green=("inactive", None, 0))
+    p = plan(u, BLUE_OLD, [1, 2])
+    sd = state.file_sd(
+        u, p, TARGET, {OLD: "v1"}, OFFSETS, layout.MAX_PER_COLOR, "127.0.0.1", 9000, "web1"
+    )
+    assert [e["targets"] for e in sd["overlap"]] == [
+        ["127.0.0.1:9001"],
+        ["127.0.0.1:9002"],
+        ["127.0.0.1:9101"],
+        ["127.0.0.1:9102"],
+    ]
+    assert sd["overlap"][0]["labels"] == {
+        "color": "blue",
+        "sockact_instance": "1",
+        "release": "v1",
+        "host": "web1",
+    }
+    assert [e["labels"]["release"] for e in sd["after"]] == ["v2", "v2"]
+    assert [e["labels"]["color"] for e in sd["after"]] == ["green", "green"]
+    assert [e["labels"]["sockact_instance"] for e in sd["aborted"]] == ["1", "2"]
+    # IPv6 admin address in brackets; a first deploy has nothing besides the new color
+    first = units(blue=("inactive", None, 0), green=("inactive", None, 0))
+    sd = state.file_sd(
+        first,
+        plan(first),
+        TARGET,
+        {},
+        OFFSETS,
+        layout.MAX_PER_COLOR,
+        "::1",
+        9000,
+        "web1",
+    )
+    assert [e["targets"] for e in sd["overlap"]] == [["[::1]:9001"], ["[::1]:9002"]]
+    assert sd["aborted"] == []
+
+
+def test_step_times_of_the_switch_line() -> None:
+    """The role's 'Say how long the switch took' line (filter_plugins/sockact_switch.py)."""
+    spec = importlib.util.spec_from_file_location(
+        "sockact_switch", MODULE.parents[1] / "filter_plugins" / "sockact_switch.py"
+    )
+    assert spec and spec.loader
+    switch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(switch)
+    assert switch.seconds("0:00:03.123456") == 3.12
+    assert switch.seconds("1:01:00.5") == 3660.5
+    assert switch.seconds("") == 0.0 and switch.seconds(None) == 0.0
+    steps = [["start", "0:00:01.5"], ["canary", ""], ["stop of the old color", "0:00:00.25"]]
+    assert switch.steps(steps) == " (start 1.5 s, stop of the old color 0.2 s)"
+    assert switch.steps([["start", ""]]) == ""

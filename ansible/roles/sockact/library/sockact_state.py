@@ -90,7 +90,17 @@ state:
   type: dict
   returned: always
 plan:
-  description: action (none, finish, switch), old and new color, what to start and stop.
+  description: action (none, finish, switch), old and new color, what to start and stop,
+    the new color's instances, the id of the new color's config (config_id), the canary
+    state an interrupted run of the same target left in its intent (canary_prior:
+    pending, passed, failed or null) and the old color's ready instances (canary_old).
+  type: dict
+  returned: when target is given
+targets:
+  description: Prometheus file_sd entries of the host's admin endpoints while both colors
+    run (overlap), once the old color stopped (after) and once the new one stopped
+    (aborted), each C({targets, labels}) with labels color, sockact_instance, release,
+    host.
   type: dict
   returned: when target is given
 now:
@@ -128,6 +138,11 @@ def color_of(instance: int, offsets: dict[str, int], max_per_color: int) -> str 
     return None
 
 
+def color_offsets(layout: dict[str, Any]) -> dict[str, int]:
+    """The layout's color offsets (``sockact layout`` JSON) as ``{color: offset}``."""
+    return {str(k): int(v) for k, v in layout["color_offsets"].items()}
+
+
 def other(color: str) -> str:
     return "green" if color == "blue" else "blue"
 
@@ -136,6 +151,26 @@ def _short(release: dict[str, Any] | None) -> str:
     if not release or not release.get("digest"):
         return "nothing"
     return f"{release.get('label') or '?'} {str(release['digest'])[:12]}"
+
+
+def config_id(expected_config: dict[str, str], instances: list[int]) -> str:
+    """One id for the config files this run writes for ``instances`` (the new color)."""
+    mine = {str(i): expected_config.get(str(i), "") for i in instances}
+    return hashlib.sha1(
+        json.dumps(mine, sort_keys=True).encode(), usedforsecurity=False
+    ).hexdigest()
+
+
+def canary_prior(intent: dict[str, Any], target: dict[str, Any], config: str) -> str | None:
+    """The canary state (pending, passed, failed) that the intent of an interrupted run
+    left for this same target (release and config), or None."""
+    to = intent.get("to") or {}
+    if (to.get("release") or {}).get("digest") != target.get("digest"):
+        return None
+    if to.get("config") != config:
+        return None
+    state = (intent.get("canary") or {}).get("state")
+    return state if state in ("pending", "passed", "failed") else None
 
 
 def plan(
@@ -148,13 +183,39 @@ def plan(
     max_per_color: int,
     target: dict[str, Any],
     labels: dict[str, str] | None = None,
+    expected_config: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """What to do next, from the real state of the units (see the module docstring).
 
     ``units[i]`` has ``active_state``, ``ready`` (bool), ``digest`` (str or None) and
     ``config_ok`` (bool or None: None when not checked).
     """
-    labels = labels or {}
+    decided = _plan(
+        units, record, intent, enabled, count, offsets, max_per_color, target, labels or {}
+    )
+    new, old = decided["new"], decided["old"]
+    decided["instances"] = instances_of(new, count, offsets)
+    decided["config_id"] = config_id(expected_config or {}, decided["instances"])
+    decided["canary_prior"] = canary_prior(intent, target, decided["config_id"])
+    decided["canary_old"] = (
+        [i for i in instances_of(old, count, offsets) if units.get(i, {}).get("ready")]
+        if old
+        else []
+    )
+    return decided
+
+
+def _plan(
+    units: dict[int, dict[str, Any]],
+    record: dict[str, Any],
+    intent: dict[str, Any],
+    enabled: list[int],
+    count: int,
+    offsets: dict[str, int],
+    max_per_color: int,
+    target: dict[str, Any],
+    labels: dict[str, str],
+) -> dict[str, Any]:
     want = {c: instances_of(c, count, offsets) for c in COLORS}
     running: dict[str, list[int]] = {c: [] for c in COLORS}
     for i, u in units.items():
@@ -280,6 +341,50 @@ def unverified(
         if wrong:
             out.append(f"{name}@{i} on {host}: " + ", ".join(wrong))
     return out
+
+
+def file_sd(
+    units: dict[int, dict[str, Any]],
+    planned: dict[str, Any],
+    target: dict[str, Any],
+    labels: dict[str, str],
+    offsets: dict[str, int],
+    max_per_color: int,
+    admin_host: str,
+    admin_port_base: int,
+    host: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """Prometheus file_sd entries (docs/metrics.md): one per instance, its admin address
+    and the labels color, sockact_instance, release (the label of what it runs) and host.
+
+    ``overlap``: the instances that run besides the new color, and the new color;
+    ``after``: the new color alone; ``aborted``: the others alone (the new one stopped).
+    """
+    address = f"[{admin_host}]" if ":" in admin_host else admin_host
+
+    def entry(i: int, release: str) -> dict[str, Any]:
+        return {
+            "targets": [f"{address}:{admin_port_base + i}"],
+            "labels": {
+                "color": color_of(i, offsets, max_per_color) or "",
+                "sockact_instance": str(i),
+                "release": release,
+                "host": host,
+            },
+        }
+
+    new = [entry(i, str(target.get("label") or "")) for i in planned["instances"]]
+    others = sorted(
+        i
+        for i in planned["stop_after"]
+        if i not in planned["instances"] and units.get(i, {}).get("active_state") in RUNNING
+    )
+    old = [entry(i, labels.get(str(units.get(i, {}).get("digest")), "")) for i in others]
+    return {
+        "overlap": sorted(old + new, key=lambda e: int(e["labels"]["sockact_instance"])),
+        "after": new,
+        "aborted": old,
+    }
 
 
 def after_switch(
@@ -449,7 +554,7 @@ def read_state(
     check: list[int] | None = None,
 ) -> dict[str, Any]:
     name = layout["name"]
-    offsets = {str(k): int(v) for k, v in layout["color_offsets"].items()}
+    offsets = color_offsets(layout)
     instances = set(_active_instances(name))
     enabled = _enabled_instances(name, layout["unit_dir"])
     for c in COLORS:
@@ -542,10 +647,29 @@ def main() -> None:
             state["intent"],
             state["enabled"],
             p["count"],
-            {str(k): int(v) for k, v in layout["color_offsets"].items()},
+            color_offsets(layout),
             int(layout["max_per_color"]),
             p["target"],
             labels,
+            p["expected_config"] or {},
+        )
+        # where the role reaches each instance's admin server (the canary's addresses)
+        address = f"[{p['admin_host']}]" if ":" in p["admin_host"] else p["admin_host"]
+        result["plan"]["admin"] = {
+            str(i): f"{address}:{int(layout['admin_port_base']) + i}"
+            for c in COLORS
+            for i in instances_of(c, p["count"], color_offsets(layout))
+        }
+        result["targets"] = file_sd(
+            units,
+            result["plan"],
+            p["target"],
+            labels,
+            color_offsets(layout),
+            int(layout["max_per_color"]),
+            p["admin_host"],
+            int(layout["admin_port_base"]),
+            p["host_label"] or os.uname().nodename,
         )
     protected = after_switch(units, record, p["target"], result.get("plan"))
     result["prune"] = prune(state["releases"], p["keep"], protected)
