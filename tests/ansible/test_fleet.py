@@ -56,7 +56,6 @@ from tests.ansible.playbooks import (
     assert_load_ok,
     diagnose,
     figures,
-    host_now,
     main_pids,
     playbook,
     playbook_killed,
@@ -64,8 +63,8 @@ from tests.ansible.playbooks import (
     record,
     running_instances,
     say,
-    stop_problems,
 )
+from tests.system.hostsetup import host_now, stop_problems
 
 pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
 
