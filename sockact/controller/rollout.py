@@ -36,6 +36,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
+from sockact.controller.child import BROKEN_PIPE, Stops, run_command
 from sockact.controller.httpwire import Target
 from sockact.controller.journal import (
     TABLE_NOTES,
@@ -54,6 +56,7 @@ from sockact.controller.journal import (
 )
 from sockact.controller.probe import Probe, capacity_of, measure_capacity, parse_rate
 from sockact.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_COMMAND_FAILED,
     EXIT_FORCED,
     EXIT_PROBE_FAILED,
@@ -233,26 +236,80 @@ class RunOptions:
     journal_playbook: Path | None = None
 
 
-def _say(text: str = "") -> None:
-    print(text, flush=True)
+class _Screen:
+    """rollout's lines on stdout. When stdout's reader went away, that is a stop (the
+    command is stopped, exit 141) and nothing more is written; when stdout fails
+    otherwise (a terminal that hung up), nothing more is written either."""
+
+    def __init__(self, stops: Stops) -> None:
+        self.stops = stops
+        self.gone = False
+
+    def say(self, text: str = "") -> None:
+        if self.gone:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            self.gone = True
+            self.stops.note_broken_pipe()
+        except OSError:
+            self.gone = True
 
 
-def _pump(stream: IO[str], log: IO[str], phase: AnsiblePhase) -> None:
-    for line in stream:
-        log.write(line)
+def _prepare(opts: RunOptions) -> IO[str]:
+    """Check ``--out`` and ``--log`` before anything runs (bad input: exit 2, never a
+    deploy half watched); return the log, open for appending, its header written."""
+    out = opts.out
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"rollout run: --out {out}: not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise BadInput(
+            f"rollout run: --out {out}: cannot write in it: {exc.strerror or exc}"
+        ) from None
+    if opts.log.is_dir():
+        raise BadInput(f"rollout run: --log {opts.log}: a directory, not a file")
+    try:
+        opts.log.parent.mkdir(parents=True, exist_ok=True)
+        log = opts.log.open("a")
+    except OSError as exc:
+        raise BadInput(
+            f"rollout run: --log {opts.log}: cannot write: {exc.strerror or exc}"
+        ) from None
+    try:
+        log.write(f"\n# {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC {opts.label}: ")
+        log.write(" ".join(opts.command) + "\n")
         log.flush()
-        phase.feed(line)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            log.close()
+        raise BadInput(
+            f"rollout run: --log {opts.log}: cannot write: {exc.strerror or exc}"
+        ) from None
+    return log
+
+
+def _stopped_code(stops: Stops) -> int:
+    return EXIT_BROKEN_PIPE if stops.seen[0] == BROKEN_PIPE else EXIT_FORCED
 
 
 def run(opts: RunOptions) -> int:
     """Run ``opts.command`` (under load unless ``rate`` is "none"); return the exit code:
     0, :data:`EXIT_COMMAND_FAILED` (the command failed), :data:`EXIT_PROBE_FAILED` (a
-    request failed, or the capacity burst saw one), 130 (interrupted)."""
+    request failed, or the capacity burst saw one), 130 (SIGINT, SIGTERM or SIGHUP) or
+    141 (stdout's reader went away): the command was stopped first (:mod:`.child`)."""
     load = opts.rate.strip().lower() != "none"
     if load and opts.inventory is None:
         raise BadInput("rollout: --inventory is needed for the load (or --rate none)")
-    opts.out.mkdir(parents=True, exist_ok=True)
-    opts.log.parent.mkdir(parents=True, exist_ok=True)
+    log = _prepare(opts)
+    with log, Stops() as stops:
+        return _run(opts, load, log, stops, _Screen(stops))
+
+
+def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Screen) -> int:
     meta: dict[str, Any] = {
         "label": opts.label,
         "command": list(opts.command),
@@ -266,57 +323,46 @@ def run(opts: RunOptions) -> int:
         assert opts.inventory is not None
         hosts = inventory_hosts(opts.inventory, opts.group, opts.port, opts.path)
         meta["hosts"] = [h.__dict__ for h in hosts]
-        probe, meta["capacity"] = _start_probe(opts, hosts)
+        probe, meta["capacity"] = _start_probe(opts, hosts, screen)
         if probe is None:
             _write_json(opts.out / META, meta)
             return EXIT_PROBE_FAILED
+    if stops.stopped:  # before the command: it does not start
+        if probe is not None:
+            probe.stop()
+        meta["interrupted"] = stops.reason
+        _write_json(opts.out / META, meta)
+        screen.say(f"{opts.label}: {stops.reason}: the command was not started")
+        return _stopped_code(stops)
     phase = AnsiblePhase()
     t0 = time.monotonic()
     began = time.time()
-    rc: int | None = None
-    interrupted = False
-    progress_out = (opts.out / "progress.jsonl").open("a") if load else None
+    progress_out = _open_append(opts.out / "progress.jsonl") if load else None
     try:
-        with opts.log.open("a") as log:
-            log.write(f"\n# {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC {opts.label}: ")
-            log.write(" ".join(opts.command) + "\n")
-            log.flush()
-            try:
-                proc = subprocess.Popen(
-                    list(opts.command),
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    text=True,
-                    bufsize=1,
-                )
-            except OSError as exc:
-                raise BadInput(
-                    f"rollout: cannot run {opts.command[0]}: {exc.strerror or exc}"
-                ) from None
-            assert proc.stdout is not None
-            pump = threading.Thread(target=_pump, args=(proc.stdout, log, phase), daemon=True)
-            pump.start()
-            next_line = t0 + opts.every
-            try:
-                while rc is None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        rc = proc.wait(timeout=0.2)
-                    if time.monotonic() >= next_line and rc is None:
-                        next_line += opts.every
-                        _progress(probe, phase, t0, progress_out)
-            except KeyboardInterrupt:
-                interrupted = True
-                _say(f"{opts.label}: interrupted: waiting for the command to stop")
-                with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
-                    rc = proc.wait(timeout=30)
-                if rc is None:
-                    proc.kill()
-                    rc = proc.wait()
-            pump.join(5)
+        try:
+            ran = run_command(
+                opts.command,
+                log,
+                stops,
+                feed=phase.feed,
+                tick=lambda: _progress(probe, phase, t0, progress_out, screen),
+                every=opts.every,
+            )
+        except OSError as exc:
+            raise BadInput(
+                f"rollout: cannot run {opts.command[0]}: {exc.strerror or exc}"
+            ) from None
+        rc = ran.rc
         command_s = time.monotonic() - t0
         meta.update(command_rc=rc, command_s=round(command_s, 3), command_began=began)
-        _say(f"{opts.label}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {command_s:.1f} s")
+        if stops.stopped:
+            meta["interrupted"] = stops.reason
+            screen.say(f"{opts.label}: {stops.reason}: stopped the command ({ran.stopped_by})")
+        if ran.log_error:
+            screen.say(f"{opts.label}: the log lost the command's output: {ran.log_error}")
+        screen.say(
+            f"{opts.label}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {command_s:.1f} s"
+        )
         if probe is not None:
             # the plays on the probe's time base: the controller's lane of the timeline
             probe_t0 = time.monotonic() - probe.elapsed()
@@ -324,36 +370,50 @@ def run(opts: RunOptions) -> int:
             meta["plays"] = [
                 {"t": round(when - probe_t0, 3), "play": name} for when, name in phase.plays
             ]
-            if opts.tail > 0 and not interrupted:
-                time.sleep(opts.tail)  # a little traffic on what the command left
+            stops.sleep(opts.tail)  # a little traffic on what the command left
             report = probe.stop()
-            _progress(probe, phase, t0, progress_out, final=report.to_dict())
+            _progress(probe, phase, t0, progress_out, screen, final=report.to_dict())
             doc = report.to_dict()
             doc["capacity"] = meta.get("capacity")
             _write_json(opts.out / "probe.json", doc)
             meta["since"] = math.floor(report.started_at) - 1
     finally:
         if progress_out is not None:
-            progress_out.close()
+            with contextlib.suppress(OSError):
+                progress_out.close()
         if probe is not None and probe.report is None:  # an error on the way: no load left
             probe.stop()
     if not load:
         _write_json(opts.out / META, meta)
-        _say(f"{opts.label}: log {opts.log}")
-        return EXIT_FORCED if interrupted else (0 if rc == 0 else EXIT_COMMAND_FAILED)
-    meta["journal"] = _fetch_journals(opts, int(meta["since"]))
-    _write_json(opts.out / META, meta)
-    summary = summarize(opts.out)
-    _say()
-    _say(summary.text)
-    if interrupted:
-        return EXIT_FORCED
+        screen.say(f"{opts.label}: log {opts.log}")
+    else:
+        if stops.stopped:  # no more remote commands once stopped
+            meta["journal"] = {"ok": False, "why": f"interrupted ({stops.reason})"}
+        else:
+            meta["journal"] = _fetch_journals(opts, int(meta["since"]), log, stops, screen)
+        _write_json(opts.out / META, meta)
+        summary = summarize(opts.out, draw=not stops.stopped)
+        screen.say()
+        screen.say(summary.text)
+    if stops.stopped:
+        return _stopped_code(stops)
     if rc != 0:
         return EXIT_COMMAND_FAILED
+    if not load:
+        return 0
     return 0 if summary.requests > 0 and summary.failed == 0 else EXIT_PROBE_FAILED
 
 
-def _start_probe(opts: RunOptions, hosts: Sequence[Host]) -> tuple[Probe | None, dict[str, Any]]:
+def _open_append(path: Path) -> IO[str]:
+    try:
+        return path.open("a")
+    except OSError as exc:
+        raise BadInput(f"rollout: cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _start_probe(
+    opts: RunOptions, hosts: Sequence[Host], screen: _Screen
+) -> tuple[Probe | None, dict[str, Any]]:
     targets = [Target.from_url(h.url) for h in hosts]
     rate, fraction = parse_rate(opts.rate)
     capacity: dict[str, Any] = {}
@@ -368,21 +428,21 @@ def _start_probe(opts: RunOptions, hosts: Sequence[Host]) -> tuple[Probe | None,
             "measured": True,
             "fraction": fraction,
         }
-        _say(
+        screen.say(
             f"{opts.label}: capacity of {len(hosts)} host(s) {rps:,.0f} req/s (closed loop, "
             f"{opts.capacity_seconds:g} s, {cap.failed} failed)"
         )
         if cap.failed or cap.ok == 0:
-            _say(f"{opts.label}: the capacity burst saw failed requests: not starting")
+            screen.say(f"{opts.label}: the capacity burst saw failed requests: not starting")
             for e in cap.error_samples[:3]:
-                _say(f"  {e}")
+                screen.say(f"  {e}")
             return None, capacity
-        time.sleep(0.5)  # let the hosts settle after the burst
+        screen.stops.sleep(0.5)  # let the hosts settle after the burst
         rate = max(rps * fraction, 0.1)
     assert rate is not None
     capacity["rate"] = round(rate, 1)
     what = f" ({fraction:.0%} of capacity)" if fraction is not None else ""
-    _say(
+    screen.say(
         f"{opts.label}: open-loop load {rate:,.0f} req/s{what} on " + " ".join(h.url for h in hosts)
     )
     probe = Probe(targets, rate=rate, max_duration=MAX_LOAD_S).start()
@@ -395,6 +455,7 @@ def _progress(
     phase: AnsiblePhase,
     t0: float,
     out: IO[str] | None,
+    screen: _Screen,
     final: Mapping[str, Any] | None = None,
 ) -> None:
     if final is not None:
@@ -403,20 +464,26 @@ def _progress(
         return
     p = probe.progress() if probe is not None else None
     text = phase.text
-    _say(progress_line(time.monotonic() - t0, text, p))
+    screen.say(progress_line(time.monotonic() - t0, text, p))
     if out is not None and p is not None:
         out.write(json.dumps({**p, "phase": text}) + "\n")
         out.flush()
 
 
-def _fetch_journals(opts: RunOptions, since: int) -> dict[str, Any]:
-    """Run ansible/journal.yml; its output goes to the log."""
+def _fetch_journals(
+    opts: RunOptions, since: int, log: IO[str], stops: Stops, screen: _Screen
+) -> dict[str, Any]:
+    """Run ansible/journal.yml (a command stopped like the deploy); its output goes to
+    the log."""
     book = opts.journal_playbook
     if book is None or not book.exists():
         return {"ok": False, "why": f"no journal playbook ({book or 'none given'})"}
     assert opts.inventory is not None
     dest = opts.out / "hosts"
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"rollout: cannot make {dest}: {exc.strerror or exc}") from None
     argv = [
         _tool("ansible-playbook"),
         "-i",
@@ -432,23 +499,27 @@ def _fetch_journals(opts: RunOptions, since: int) -> dict[str, Any]:
         f"sockact_name={opts.name}",
     ]
     t0 = time.monotonic()
-    with opts.log.open("a") as log:
+    with contextlib.suppress(OSError):
         log.write(f"\n# {opts.label}: the hosts' journals: {' '.join(argv)}\n")
         log.flush()
-        proc = subprocess.run(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
-        )
+    ran = run_command(argv, log, stops)
     took = time.monotonic() - t0
-    if proc.returncode != 0:
-        _say(f"{opts.label}: reading the hosts' journals FAILED (exit {proc.returncode}, log)")
-        return {"ok": False, "why": f"ansible-playbook exit {proc.returncode}", "seconds": took}
+    if stops.stopped:
+        screen.say(f"{opts.label}: {stops.reason}: stopped reading the journals")
+        return {"ok": False, "why": f"interrupted ({stops.reason})", "seconds": round(took, 3)}
+    if ran.rc != 0:
+        screen.say(f"{opts.label}: reading the hosts' journals FAILED (exit {ran.rc}, log)")
+        return {"ok": False, "why": f"ansible-playbook exit {ran.rc}", "seconds": round(took, 3)}
     return {"ok": True, "seconds": round(took, 3)}
 
 
 def _write_json(path: Path, doc: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BadInput(f"rollout: cannot write {path}: {exc.strerror or exc}") from None
 
 
 # -- the summary ------------------------------------------------------------------------
