@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -257,6 +258,13 @@ class _Screen:
             self.gone = True
 
 
+def _make_dir(path: Path) -> None:
+    """``mkdir -p``, with the right error for a file in the way (not "File exists")."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    path.mkdir(parents=True, exist_ok=True)
+
+
 def _prepare(opts: RunOptions) -> IO[str]:
     """Check ``--out`` and ``--log`` before anything runs (bad input: exit 2, never a
     deploy half watched); return the log, open for appending, its header written."""
@@ -264,7 +272,7 @@ def _prepare(opts: RunOptions) -> IO[str]:
     if out.exists() and not out.is_dir():
         raise BadInput(f"rollout run: --out {out}: not a directory")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        _make_dir(out)
         tempfile.TemporaryFile(dir=out).close()
     except OSError as exc:
         raise BadInput(
@@ -273,7 +281,7 @@ def _prepare(opts: RunOptions) -> IO[str]:
     if opts.log.is_dir():
         raise BadInput(f"rollout run: --log {opts.log}: a directory, not a file")
     try:
-        opts.log.parent.mkdir(parents=True, exist_ok=True)
+        _make_dir(opts.log.parent)
         log = opts.log.open("a")
     except OSError as exc:
         raise BadInput(
@@ -706,6 +714,42 @@ def _draw(
 # -- command line -----------------------------------------------------------------------
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: a finite number of seconds")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """Seconds > 0 (not inf, not nan)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be > 0 seconds")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    """Seconds >= 0 (not inf, not nan)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 0 seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 1-65535")
+    return value
+
+
 def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sockact rollout run ... -- COMMAND`` and ``sockact rollout report DIR``."""
     p = sub.add_parser(
@@ -734,7 +778,7 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     r.add_argument("--label", default="deploy", help="what runs, for the lines and the title")
     r.add_argument("--inventory", "-i", type=Path, metavar="FILE", help="Ansible inventory")
     r.add_argument("--group", default="api", help="inventory group of the hosts (default api)")
-    r.add_argument("--port", type=int, default=8080, help="main port of the hosts (8080)")
+    r.add_argument("--port", type=_port, default=8080, help="main port of the hosts (8080)")
     r.add_argument("--path", default="/", help="path the probe requests (/)")
     r.add_argument("--name", default="api", help="unit name: <name>@N.service (api)")
     r.add_argument(
@@ -744,10 +788,14 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="open-loop load: R requests/s, or P%% of the capacity measured first "
         "(default 25%%); none: no load, no journal, progress and log only",
     )
-    r.add_argument("--capacity-seconds", type=float, default=3.0, metavar="S")
-    r.add_argument("--every", type=float, default=3.0, metavar="S", help="progress line (3 s)")
+    r.add_argument("--capacity-seconds", type=_seconds, default=3.0, metavar="S")
+    r.add_argument("--every", type=_seconds, default=3.0, metavar="S", help="progress line (3 s)")
     r.add_argument(
-        "--tail", type=float, default=2.0, metavar="S", help="load after the command ended (2 s)"
+        "--tail",
+        type=_seconds_or_zero,
+        default=2.0,
+        metavar="S",
+        help="load after the command ended (2 s)",
     )
     r.add_argument(
         "--journal-playbook",
@@ -770,8 +818,6 @@ def run_rollout(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise BadInput("rollout run: no command: put it after --")
-    if args.every <= 0 or args.tail < 0 or args.capacity_seconds <= 0:
-        raise BadInput("rollout run: --every and --capacity-seconds must be > 0, --tail >= 0")
     if args.rate.strip().lower() != "none":
         parse_rate(args.rate)  # bad values are exit 2 before anything runs
     return run(
