@@ -396,7 +396,7 @@ def host_switch(
     old = [x for x in found if x.start is None and (x.stopping or x.stopped or x.drain_start)]
     recorded_instances = set()
     if record is not None and isinstance(record.get("instances"), list):
-        recorded_instances = {int(i) for i in record["instances"] if str(i).isdigit()}
+        recorded_instances = {int(i) for i in record["instances"] if str(i).isdecimal()}
     serving = [x for x in new if x.stopped is None]
     recorded = bool(serving) and {x.instance for x in serving} == recorded_instances
     new_release = _label(record.get("release")) if record and recorded else None

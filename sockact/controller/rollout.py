@@ -55,6 +55,20 @@ from sockact.controller.journal import (
     host_switch,
     parse_entries,
 )
+from sockact.controller.jsonshape import (
+    ANY,
+    INT,
+    NUM,
+    STR,
+    ListOf,
+    MapOf,
+    Obj,
+    Opt,
+    Shape,
+    ShapeError,
+    TupleOf,
+    check,
+)
 from sockact.controller.probe import Probe, capacity_of, measure_capacity, parse_rate
 from sockact.errors import (
     EXIT_BROKEN_PIPE,
@@ -346,6 +360,7 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
     t0 = time.monotonic()
     began = time.time()
     progress_out = _open_append(opts.out / "progress.jsonl") if load else None
+    requests = failed = 0
     try:
         try:
             ran = run_command(
@@ -380,6 +395,7 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
             ]
             stops.sleep(opts.tail)  # a little traffic on what the command left
             report = probe.stop()
+            requests, failed = report.total, report.failed
             _progress(probe, phase, t0, progress_out, screen, final=report.to_dict())
             doc = report.to_dict()
             doc["capacity"] = meta.get("capacity")
@@ -400,16 +416,18 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
         else:
             meta["journal"] = _fetch_journals(opts, int(meta["since"]), log, stops, screen)
         _write_json(opts.out / META, meta)
-        summary = summarize(opts.out, draw=not stops.stopped)
-        screen.say()
-        screen.say(summary.text)
+        try:
+            screen.say()
+            screen.say(summarize(opts.out, draw=not stops.stopped).text)
+        except BadInput as exc:  # a host's files: the deploy's verdict stands
+            screen.say(f"{opts.label}: no summary: {exc.message}")
     if stops.stopped:
         return _stopped_code(stops)
     if rc != 0:
         return EXIT_COMMAND_FAILED
     if not load:
         return 0
-    return 0 if summary.requests > 0 and summary.failed == 0 else EXIT_PROBE_FAILED
+    return 0 if requests > 0 and failed == 0 else EXIT_PROBE_FAILED
 
 
 def _open_append(path: Path) -> IO[str]:
@@ -542,13 +560,84 @@ class Summary:
     png: Path | None
 
 
-def _read_json(path: Path) -> Any:
+_NAMED: Final = frozenset({"name", "url"})
+_T: Final = frozenset({"t"})
+#: what the summary (and the timeline) read of rollout.json
+META_SHAPE: Final = Obj(
+    {
+        "label": STR,
+        "log": STR,
+        "name": STR,
+        "machine": STR,
+        "hosts": ListOf(Obj({"name": STR, "url": STR}, _NAMED)),
+        "command_rc": Opt(INT),
+        "command_s": NUM,
+        "command_t": Opt(ListOf(Opt(NUM), 2)),
+        "plays": Opt(ListOf(Obj({"t": NUM, "play": Opt(STR)}, _T))),
+        "capacity": Opt(Obj({"fraction": Opt(NUM), "rps": NUM})),
+        "journal": Opt(Obj({"why": STR})),
+    }
+)
+#: what the summary and the timeline read of probe.json (a probe report)
+REPORT_SHAPE: Final = Obj(
+    {
+        "mode": STR,
+        "started_at": Opt(NUM),
+        "targets": Opt(ListOf(STR)),
+        "rate": Opt(NUM),
+        "total": INT,
+        "failed": INT,
+        "failures": Opt(MapOf(INT)),
+        "duration_s": NUM,
+        "latency_ms": Opt(Obj({"p50": NUM, "p99": NUM, "max": NUM})),
+        "late": INT,
+        "send_lag_ms": Opt(Obj({"max": NUM})),
+        "samples": Opt(ListOf(Obj({"count": INT}, frozenset({"count"})))),
+        "series": Opt(ListOf(Obj({"t": NUM, "p99_ms": NUM, "max_ms": NUM}, _T))),
+        "bucket_s": Opt(NUM),
+        "buckets": Opt(
+            ListOf(
+                Obj(
+                    {
+                        "t": NUM,
+                        "ok": INT,
+                        "failures": Opt(MapOf(INT)),
+                        "targets_failed": Opt(ListOf(INT)),
+                        "answered": ListOf(TupleOf((ANY, ANY, INT))),
+                    },
+                    _T,
+                )
+            )
+        ),
+    }
+)
+#: a host's deploy record (``hosts/<host>.deploy.json``), as far as the table reads it
+RECORD_SHAPE: Final = Obj({"instances": ListOf(ANY)})
+
+
+def _read_text(path: Path) -> str:
     try:
-        return json.loads(path.read_text())
+        return path.read_text()
     except OSError as exc:
         raise BadInput(f"rollout: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"rollout: {path}: not UTF-8 text: {exc.reason}") from None
+
+
+def _read_json(path: Path, shape: Shape = ANY, text: str | None = None) -> Any:
+    """The JSON document in ``path``, checked against ``shape``: anything wrong is one
+    line naming the file and what is wrong in it."""
+    if text is None:
+        text = _read_text(path)
+    try:
+        doc = json.loads(text)
     except ValueError as exc:
         raise BadInput(f"rollout: {path}: not JSON: {exc}") from None
+    try:
+        check(doc, shape)
+    except ShapeError as exc:
+        raise BadInput(f"rollout: {path}: {exc}") from None
+    return doc
 
 
 def failed_by_target(report: Mapping[str, Any]) -> list[int]:
@@ -573,9 +662,14 @@ def switches_of(out: Path, meta: Mapping[str, Any], report: Mapping[str, Any]) -
         rpath = out / "hosts" / f"{name}.deploy.json"
         if not jpath.exists():
             continue
-        entries = parse_entries(jpath.read_text().splitlines(), str(meta.get("name", "api")))
-        text = rpath.read_text().strip() if rpath.exists() else ""
-        record = json.loads(text) if text else None
+        try:
+            entries = parse_entries(_read_text(jpath).splitlines(), str(meta.get("name", "api")))
+        except BadInput as exc:
+            if exc.message.startswith("rollout: "):
+                raise
+            raise BadInput(f"rollout: {jpath}: {exc.message}") from None
+        text = _read_text(rpath).strip() if rpath.exists() else ""
+        record = _read_json(rpath, RECORD_SHAPE, text) if text else None
         result.append(host_switch(name, entries, record, None if i is None else failed[i]))
     return result
 
@@ -597,7 +691,7 @@ def play_events(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
         event: dict[str, Any] = {
             "t": p["t"],
             "host": PLAYS_LANE,
-            "label": f"play: {str(p['play']).split()[0]}",
+            "label": f"play: {(str(p['play']).split() or ['?'])[0]}",
             "play": p["play"],
         }
         if until is not None and until >= p["t"]:
@@ -612,13 +706,17 @@ def _fmt_ms(v: Any) -> str:
 
 def summarize(out: Path, draw: bool = True) -> Summary:
     """The summary of the run in ``out`` (printed, and written to ``out/summary.txt``);
-    draws ``out/timeline.png`` unless ``draw`` is false or matplotlib is missing."""
-    meta = _read_json(out / META)
-    report = _read_json(out / "probe.json")
+    draws ``out/timeline.png`` unless ``draw`` is false or matplotlib is missing.
+
+    Every file of the run is read and checked before anything is written: a bad one is
+    :class:`BadInput` naming it, and leaves the directory as it was."""
+    meta = _read_json(out / META, META_SHAPE)
+    if "hosts" not in meta and not (out / "probe.json").exists():
+        raise BadInput(f"rollout: {out}: a run without load (--rate none): no summary")
+    report = _read_json(out / "probe.json", REPORT_SHAPE)
     switches = switches_of(out, meta, report)
     started_at = float(report.get("started_at") or 0.0)
     events = [*play_events(meta), *(e for s in switches for e in s.events(started_at))]
-    _write_json(out / "events.json", events)
     rc = meta.get("command_rc")
     label = str(meta.get("label", "deploy"))
     lines = [
@@ -629,7 +727,7 @@ def summarize(out: Path, draw: bool = True) -> Summary:
     total, failed = int(report.get("total", 0)), int(report.get("failed", 0))
     load = f"open loop {float(report.get('rate') or 0):,.0f} req/s"
     if cap.get("fraction") is not None:
-        load += f" ({float(cap['fraction']):.0%} of {float(cap['rps']):,.0f} req/s measured)"
+        load += f" ({cap['fraction']:.0%} of {float(cap.get('rps') or 0):,.0f} req/s measured)"
     fails = ", ".join(f"{k} {v:,}" for k, v in (report.get("failures") or {}).items() if v)
     lines.append(
         f"load: {load}, {total:,} requests in {float(report.get('duration_s', 0)):.1f} s, "
@@ -659,6 +757,7 @@ def summarize(out: Path, draw: bool = True) -> Summary:
         lines += _wrap(TABLE_NOTES, 92)
     else:
         lines.append(f"per-host table: skipped ({journal.get('why', 'no journal read')})")
+    _write_json(out / "events.json", events)
     png: Path | None = out / "timeline.png"
     if draw:
         why = _draw(out / "timeline.png", report, events, meta, switches)
@@ -673,7 +772,12 @@ def summarize(out: Path, draw: bool = True) -> Summary:
         lines.append(f"timeline: {png}")
     lines.append(f"Ansible's output: {meta.get('log')}")
     text = "\n".join(lines)
-    (out / "summary.txt").write_text(text + "\n")
+    try:
+        (out / "summary.txt").write_text(text + "\n")
+    except OSError as exc:
+        raise BadInput(
+            f"rollout: cannot write {out / 'summary.txt'}: {exc.strerror or exc}"
+        ) from None
     return Summary(text, tuple(switches), total, failed, png)
 
 
