@@ -150,6 +150,29 @@ def run_command(
     assert proc.stdout is not None
     pump = threading.Thread(target=_pump, args=(proc.stdout, log, feed, run), daemon=True)
     pump.start()
+    try:
+        _supervise(proc, stops, run, tick, every)
+    except BaseException:  # a tick failed: the command does not outlive rollout
+        _killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(GRACE_S)
+        except subprocess.TimeoutExpired:
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
+    run.rc = proc.wait()
+    pump.join(5)
+    return run
+
+
+def _supervise(
+    proc: subprocess.Popen[str],
+    stops: Stops,
+    run: CommandRun,
+    tick: Callable[[], None] | None,
+    every: float,
+) -> None:
+    """Until ``proc`` exits: pass ``stops`` on to it, call ``tick``."""
     passed_on = 0
     kill_at: float | None = None
     next_tick = time.monotonic() + every
@@ -177,6 +200,3 @@ def run_command(
         time.sleep(_POLL_S)
     if stops.stopped:  # what it left in its process group goes with it
         _killpg(proc.pid, signal.SIGKILL)
-    run.rc = proc.wait()
-    pump.join(5)
-    return run

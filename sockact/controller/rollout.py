@@ -326,9 +326,15 @@ def run(opts: RunOptions) -> int:
     load = opts.rate.strip().lower() != "none"
     if load and opts.inventory is None:
         raise BadInput("rollout: --inventory is needed for the load (or --rate none)")
+    if shutil.which(opts.command[0]) is None:  # not after the capacity burst
+        raise BadInput(f"rollout run: {opts.command[0]}: no such command (or not executable)")
     log = _prepare(opts)
-    with log, Stops() as stops:
-        return _run(opts, load, log, stops, _Screen(stops))
+    try:
+        with Stops() as stops:
+            return _run(opts, load, log, stops, _Screen(stops))
+    finally:
+        with contextlib.suppress(OSError):  # what it could not write was said
+            log.close()
 
 
 def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Screen) -> int:
@@ -359,7 +365,7 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
     phase = AnsiblePhase()
     t0 = time.monotonic()
     began = time.time()
-    progress_out = _open_append(opts.out / "progress.jsonl") if load else None
+    progress_out = _JsonLines.open(opts.out / "progress.jsonl") if load else None
     requests = failed = 0
     try:
         try:
@@ -403,8 +409,9 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
             meta["since"] = math.floor(report.started_at) - 1
     finally:
         if progress_out is not None:
-            with contextlib.suppress(OSError):
-                progress_out.close()
+            progress_out.close()
+            if progress_out.error:
+                screen.say(f"{opts.label}: {progress_out.error}")
         if probe is not None and probe.report is None:  # an error on the way: no load left
             probe.stop()
     if not load:
@@ -430,11 +437,37 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
     return 0 if requests > 0 and failed == 0 else EXIT_PROBE_FAILED
 
 
-def _open_append(path: Path) -> IO[str]:
-    try:
-        return path.open("a")
-    except OSError as exc:
-        raise BadInput(f"rollout: cannot write {path}: {exc.strerror or exc}") from None
+class _JsonLines:
+    """progress.jsonl (this run's: emptied at its start). A write that fails (a full
+    disk) does not stop the deploy: the first error is kept (``error``) and said at the
+    end, and nothing more is written."""
+
+    def __init__(self, path: Path, file: IO[str]) -> None:
+        self.path = path
+        self.file = file
+        self.error = ""
+
+    @classmethod
+    def open(cls, path: Path) -> _JsonLines:
+        try:
+            return cls(path, path.open("w"))
+        except OSError as exc:
+            raise BadInput(f"rollout: cannot write {path}: {exc.strerror or exc}") from None
+
+    def write(self, doc: Mapping[str, Any]) -> None:
+        if self.error:
+            return
+        try:
+            self.file.write(json.dumps(doc) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            self.error = f"cannot write {self.path}: {exc.strerror or exc}"
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError as exc:
+            self.error = self.error or f"cannot write {self.path}: {exc.strerror or exc}"
 
 
 def _start_probe(
@@ -480,20 +513,19 @@ def _progress(
     probe: Probe | None,
     phase: AnsiblePhase,
     t0: float,
-    out: IO[str] | None,
+    out: _JsonLines | None,
     screen: _Screen,
     final: Mapping[str, Any] | None = None,
 ) -> None:
     if final is not None:
         if out is not None:
-            out.write(json.dumps({"final": True, "requests": final["total"]}) + "\n")
+            out.write({"final": True, "requests": final["total"]})
         return
     p = probe.progress() if probe is not None else None
     text = phase.text
     screen.say(progress_line(time.monotonic() - t0, text, p))
     if out is not None and p is not None:
-        out.write(json.dumps({**p, "phase": text}) + "\n")
-        out.flush()
+        out.write({**p, "phase": text})
 
 
 def _fetch_journals(

@@ -6,12 +6,19 @@ answer is one error line with exit 2, not a traceback.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 
 from sockact import cli, errors
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run(
@@ -109,3 +116,23 @@ def test_good_paths_run_the_command(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert marker.exists()
     assert "# " in log.read_text()
     assert (tmp_path / "run" / "rollout.json").exists()
+
+
+def test_a_command_that_does_not_exist_is_refused_before_the_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not after the inventory read and the capacity burst (here the burst would fail:
+    nothing listens on the port, exit 6)."""
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[api]\nlocal ansible_host=127.0.0.1\n")
+    missing = str(tmp_path / "ansible-playbok")
+    argv = ["rollout", "run", "--out", str(tmp_path / "run"), "-i", str(inventory)]
+    argv += ["--port", str(free_port()), "--capacity-seconds", "0.2", "--", missing, "x.yml"]
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert code == errors.EXIT_BAD_INPUT
+    assert captured.err == (
+        f"sockact: error: rollout run: {missing}: no such command (or not executable)\n"
+    )
+    assert "capacity" not in captured.out
+    assert not (tmp_path / "run").exists()
