@@ -351,6 +351,7 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
         assert opts.inventory is not None
         hosts = inventory_hosts(opts.inventory, opts.group, opts.port, opts.path)
         meta["hosts"] = [h.__dict__ for h in hosts]
+        _clear_host_files(opts.out, hosts)
         probe, meta["capacity"] = _start_probe(opts, hosts, screen)
         if probe is None:
             _write_json(opts.out / META, meta)
@@ -435,6 +436,21 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
     if not load:
         return 0
     return 0 if requests > 0 and failed == 0 else EXIT_PROBE_FAILED
+
+
+def _clear_host_files(out: Path, hosts: Sequence[Host]) -> None:
+    """Remove the hosts' files an earlier run left in ``out/hosts`` (the same ``--out``
+    again): the summary must not show an earlier deploy as this one's when this run
+    reads no journal (interrupted, or journal.yml failed)."""
+    for h in hosts:
+        for suffix in (".journal.jsonl", ".deploy.json"):
+            path = out / "hosts" / f"{h.name}{suffix}"
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise BadInput(
+                    f"rollout run: cannot remove {path} (an earlier run's): {exc.strerror or exc}"
+                ) from None
 
 
 class _JsonLines:
@@ -876,6 +892,16 @@ def _seconds_or_zero(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> str:
+    """``none``, R requests/s or P% (:func:`parse_rate`), checked before anything runs."""
+    if text.strip().lower() != "none":
+        try:
+            parse_rate(text)
+        except BadInput as exc:
+            raise argparse.ArgumentTypeError(exc.message.removeprefix("probe: --rate ")) from None
+    return text
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -919,6 +945,7 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     r.add_argument("--name", default="api", help="unit name: <name>@N.service (api)")
     r.add_argument(
         "--rate",
+        type=_rate,
         default="25%",
         metavar="R|P%|none",
         help="open-loop load: R requests/s, or P%% of the capacity measured first "
@@ -954,8 +981,6 @@ def run_rollout(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise BadInput("rollout run: no command: put it after --")
-    if args.rate.strip().lower() != "none":
-        parse_rate(args.rate)  # bad values are exit 2 before anything runs
     return run(
         RunOptions(
             command=command,
