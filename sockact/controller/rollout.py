@@ -21,7 +21,12 @@ then a per-host table from the hosts' own journals, the whole run's figures, and
 
 ``--rate none`` runs the command with the progress line and the log only (no load, no
 journal). ``sockact rollout report OUT`` prints the summary of a finished run again from
-its files (and redraws the PNG).
+its files (and redraws the PNG); each file is checked (:mod:`.jsonshape`) before anything
+is written.
+
+The command runs in a session of its own (:mod:`.child`): a stop signal to rollout or its
+stdout's reader going away stops the command's process group and waits for it before
+rollout exits (130, 141); after a stop no journal is read and no PNG drawn.
 """
 
 from __future__ import annotations
@@ -351,7 +356,7 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
         assert opts.inventory is not None
         hosts = inventory_hosts(opts.inventory, opts.group, opts.port, opts.path)
         meta["hosts"] = [h.__dict__ for h in hosts]
-        _clear_host_files(opts.out, hosts)
+        _clear_earlier_files(opts.out, hosts)
         probe, meta["capacity"] = _start_probe(opts, hosts, screen)
         if probe is None:
             _write_json(opts.out / META, meta)
@@ -438,19 +443,23 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
     return 0 if requests > 0 and failed == 0 else EXIT_PROBE_FAILED
 
 
-def _clear_host_files(out: Path, hosts: Sequence[Host]) -> None:
-    """Remove the hosts' files an earlier run left in ``out/hosts`` (the same ``--out``
-    again): the summary must not show an earlier deploy as this one's when this run
-    reads no journal (interrupted, or journal.yml failed)."""
+def _clear_earlier_files(out: Path, hosts: Sequence[Host]) -> None:
+    """Remove what an earlier run left in ``out`` (the same ``--out`` again) that this one
+    may not write again: the hosts' files (when it reads no journal: interrupted, or
+    journal.yml failed) and timeline.png (not drawn after a stop), so that the summary
+    never shows an earlier deploy as this one."""
+    paths = [out / "timeline.png"]
     for h in hosts:
-        for suffix in (".journal.jsonl", ".deploy.json"):
-            path = out / "hosts" / f"{h.name}{suffix}"
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                raise BadInput(
-                    f"rollout run: cannot remove {path} (an earlier run's): {exc.strerror or exc}"
-                ) from None
+        paths += [
+            out / "hosts" / f"{h.name}{suffix}" for suffix in (".journal.jsonl", ".deploy.json")
+        ]
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise BadInput(
+                f"rollout run: cannot remove {path} (an earlier run's): {exc.strerror or exc}"
+            ) from None
 
 
 class _JsonLines:
@@ -928,7 +937,10 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="run COMMAND under load",
         epilog=f"Exit codes: 0 the command succeeded and no request failed; "
         f"{EXIT_COMMAND_FAILED} the command failed; {EXIT_PROBE_FAILED} a request failed (or "
-        "none was made, or the capacity burst saw a failure); 2 bad input; 130 interrupted.",
+        "none was made, or the capacity burst saw a failure); 2 bad input (flags, --out, --log, "
+        "the command: checked before anything runs); 130 stopped by SIGINT, SIGTERM or "
+        "SIGHUP, 141 stdout's reader went away: the command's process group is stopped "
+        "first (SIGINT or SIGTERM, SIGKILL after 30 s or at a second stop).",
     )
     r.add_argument("--out", type=Path, required=True, metavar="DIR", help="files of the run")
     r.add_argument(

@@ -153,8 +153,11 @@ def test_an_earlier_runs_host_files_are_not_shown_as_this_ones(
     data = ROOT / "tests" / "unit" / "data" / "deploy"
     (hosts / "local.journal.jsonl").write_bytes((data / "sockact-1.journal.jsonl").read_bytes())
     (hosts / "local.deploy.json").write_bytes((data / "sockact-1.deploy.json").read_bytes())
+    (tmp_path / "run" / "timeline.png").write_bytes(b"an earlier run's")
     proc = rollout(tmp_path, sp.port, 0, "--journal-playbook", str(tmp_path / "none.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "per-host table: skipped (no journal playbook" in proc.stdout
     assert "v1 -> v2" not in proc.stdout
     assert list(hosts.iterdir()) == []
+    # drawn again (matplotlib is there), not the earlier one
+    assert (tmp_path / "run" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
