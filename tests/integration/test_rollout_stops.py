@@ -9,6 +9,7 @@ records the signal it got; no load (``--rate none``), so no lab and no instance.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sockact import errors
-from tests.integration.support import PYTHON, SOCKACT
+from tests.integration.support import PYTHON, ROOT, SOCKACT, ServeFactory
 
 #: the command: records its pid and its child's, then the first stop signal it gets;
 #: with "stubborn" it ignores SIGTERM (only SIGKILL ends it)
@@ -65,12 +66,16 @@ class Rollout:
 
 
 @contextlib.contextmanager
-def rollout(tmp_path: Path, *, stubborn: bool = False, every: str = "5") -> Iterator[Rollout]:
-    """``sockact rollout run --rate none -- SLEEPER`` started, the sleeper up; at the end
-    every process it made is gone, killed by pid if the test failed."""
+def rollout(
+    tmp_path: Path, *, stubborn: bool = False, every: str = "5", load: tuple[str, ...] = ()
+) -> Iterator[Rollout]:
+    """``sockact rollout run --rate none -- SLEEPER`` (or with the ``load`` flags instead
+    of ``--rate none``) started, the sleeper up; at the end every process it made is
+    gone, killed by pid if the test failed."""
     run = tmp_path / "run"
     run.mkdir()
-    argv = [SOCKACT, "rollout", "run", "--rate", "none", "--every", every, "--out", str(run)]
+    argv = [SOCKACT, "rollout", "run", *(load or ("--rate", "none"))]
+    argv += ["--every", every, "--out", str(run)]
     argv += ["--", PYTHON, "-c", SLEEPER, str(run), "stubborn" if stubborn else "plain"]
     proc = subprocess.Popen(
         argv,
@@ -146,3 +151,30 @@ def test_stdout_closed_by_its_reader_stops_the_command_and_exits_141(tmp_path: P
         assert "Traceback" not in r.proc.stderr.read()
         meta = (r.run / "rollout.json").read_text()
         assert '"interrupted": "broken pipe"' in meta
+
+
+def test_a_stop_under_load_stops_the_load_and_writes_the_run_without_the_journals(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    """With load: the command is stopped, the probe stops and its report is written, no
+    remote command runs after the stop (the journal playbook is not run), exit 130."""
+    sp = serve.start(warmup=0.1)
+    sp.wait_ready()
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[api]\nlocal ansible_host=127.0.0.1 ansible_connection=local\n")
+    load = ("--inventory", str(inventory), "--port", str(sp.port), "--rate", "50")
+    load += ("--journal-playbook", str(ROOT / "ansible" / "journal.yml"))
+    with rollout(tmp_path, load=load) as r:
+        time.sleep(0.5)  # some load on the instance
+        os.kill(r.proc.pid, signal.SIGTERM)
+        out, err = r.proc.communicate(timeout=120)
+        assert r.proc.returncode == errors.EXIT_FORCED, out + err
+        assert r.signals() == ["SIGTERM"]
+        assert not alive(r.pids[0]) and not alive(r.pids[1])
+        meta = json.loads((r.run / "rollout.json").read_text())
+        assert meta["interrupted"] == "SIGTERM"
+        assert meta["journal"] == {"ok": False, "why": "interrupted (SIGTERM)"}
+        assert json.loads((r.run / "probe.json").read_text())["total"] > 0
+        assert "per-host table: skipped (interrupted (SIGTERM))" in out
+        assert "the hosts' journals" not in (r.run / "ansible.log").read_text()
+        assert not (r.run / "timeline.png").exists()
