@@ -911,6 +911,13 @@ def _rate(text: str) -> str:
     return text
 
 
+def _url_path(text: str) -> str:
+    """The path of the probe's URL: from /, no spaces or control characters."""
+    if not text.startswith("/") or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a URL path, from / (no spaces)")
+    return text
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -953,7 +960,7 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     r.add_argument("--inventory", "-i", type=Path, metavar="FILE", help="Ansible inventory")
     r.add_argument("--group", default="api", help="inventory group of the hosts (default api)")
     r.add_argument("--port", type=_port, default=8080, help="main port of the hosts (8080)")
-    r.add_argument("--path", default="/", help="path the probe requests (/)")
+    r.add_argument("--path", type=_url_path, default="/", help="path the probe requests (/)")
     r.add_argument("--name", default="api", help="unit name: <name>@N.service (api)")
     r.add_argument(
         "--rate",

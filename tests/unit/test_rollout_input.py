@@ -44,6 +44,8 @@ def run(
         ("--every", "NaN", "'NaN': a finite number of seconds"),
         ("--capacity-seconds", "-inf", "'-inf': a finite number of seconds"),
         ("--port", "0", "'0': a port is 1-65535"),
+        ("--path", "healthz", "'healthz': a URL path, from / (no spaces)"),
+        ("--path", "/a b", "'/a b': a URL path, from / (no spaces)"),
         ("--rate", "fast", "'fast': a number of requests/s, or N%"),
         ("--rate", "inf%", "'inf%': must be > 0 (and at most 1000%)"),
         ("--port", "65536", "'65536': a port is 1-65535"),
