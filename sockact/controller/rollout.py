@@ -390,8 +390,7 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
         rc = ran.rc
         command_s = time.monotonic() - t0
         meta.update(command_rc=rc, command_s=round(command_s, 3), command_began=began)
-        if stops.stopped:
-            meta["interrupted"] = stops.reason
+        if ran.stopped_by:
             screen.say(f"{opts.label}: {stops.reason}: stopped the command ({ran.stopped_by})")
         if ran.log_error:
             screen.say(f"{opts.label}: the log lost the command's output: {ran.log_error}")
@@ -420,6 +419,8 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
                 screen.say(f"{opts.label}: {progress_out.error}")
         if probe is not None and probe.report is None:  # an error on the way: no load left
             probe.stop()
+    if stops.stopped:  # during the command, or after it (the tail, the journals)
+        meta["interrupted"] = stops.reason
     if not load:
         _write_json(opts.out / META, meta)
         screen.say(f"{opts.label}: log {opts.log}")
@@ -428,6 +429,8 @@ def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Scre
             meta["journal"] = {"ok": False, "why": f"interrupted ({stops.reason})"}
         else:
             meta["journal"] = _fetch_journals(opts, int(meta["since"]), log, stops, screen)
+            if stops.stopped:
+                meta["interrupted"] = stops.reason
         _write_json(opts.out / META, meta)
         try:
             screen.say()
