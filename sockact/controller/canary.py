@@ -200,7 +200,8 @@ def analyse(old: Stats, new: Stats, thresholds: Thresholds, window: float = 0.0)
         if stats.requests < t.min_requests:
             reasons.append(
                 f"inconclusive: the {name} color answered {int(stats.requests)} requests "
-                f"(< min_requests {t.min_requests})"
+                f"(< min_requests {t.min_requests}; a longer window or more traffic "
+                "gives enough to compare)"
             )
     if not reasons:
         if new.error_ratio > old.error_ratio + t.max_error_increase:

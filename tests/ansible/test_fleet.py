@@ -56,7 +56,6 @@ from tests.ansible.playbooks import (
     assert_load_ok,
     diagnose,
     figures,
-    host_now,
     main_pids,
     playbook,
     playbook_killed,
@@ -64,8 +63,8 @@ from tests.ansible.playbooks import (
     record,
     running_instances,
     say,
-    stop_problems,
 )
+from tests.system.hostsetup import host_now, stop_problems
 
 pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
 
@@ -429,7 +428,13 @@ def test_a_killed_canary_never_promotes_the_bad_release(
     assert rerun.rc != 0, rerun.tail(100)
     assert "found the intent of an interrupted run" in rerun.text, rerun.tail(100)
     lines = canary_lines(rerun)
-    if intent_says == "pending":
+    if intent_says == "pending" and not lines:
+        # the re-run's gates came first: its one request to the main port went to the new
+        # color and drew one of its 500s (1 in 20 once it served a few requests); caught
+        # all the same, and before anything was promoted
+        assert f"on {h.name} answered 500" in rerun.text, rerun.tail(200)
+        assert "at 'Check that every new instance is ready" in rerun.text, rerun.tail(200)
+    elif intent_says == "pending":
         assert len(lines) == 1 and "verdict: FAIL" in lines[0], rerun.tail(200)
         assert f"canary over {CANARY_SECONDS} s" in lines[0], lines[0]
     else:

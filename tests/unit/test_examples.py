@@ -8,11 +8,20 @@ import time
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
+from werkzeug.test import TestResponse
 
 import catalog
 import sockact_demo
+
+
+def json_of(response: TestResponse) -> Any:
+    """The response's JSON body (fails when it has none)."""
+    body = response.json
+    assert body is not None, response.data
+    return body
 
 
 def test_catalog_refuses_work_until_warm() -> None:
@@ -24,16 +33,16 @@ def test_catalog_refuses_work_until_warm() -> None:
     health = client.get("/healthz")
     assert health.status_code == 200
     assert health.json == {"ok": True, "products": 5000, "version": version("catalog-api")}
-    assert client.get("/products/42").json["id"] == 42
+    assert json_of(client.get("/products/42"))["id"] == 42
     assert client.get("/products/999999").status_code == 404
-    results = client.get("/search", query_string={"q": "Steel LAMP"}).json["results"]
+    results = json_of(client.get("/search", query_string={"q": "Steel LAMP"}))["results"]
     assert results and all({"steel", "lamp"} <= set(r["name"].split()) for r in results)
     assert client.get("/search", query_string={"q": "x" * 201}).status_code == 400
 
 
 def test_demo_reports_its_distribution_version() -> None:
     app = sockact_demo.create_app()
-    assert app.test_client().get("/").json["version"] == version("sockact-demo")
+    assert json_of(app.test_client().get("/"))["version"] == version("sockact-demo")
 
 
 def test_demo_error_rate_fails_that_share_of_requests_never_the_first(

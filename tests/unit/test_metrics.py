@@ -195,7 +195,8 @@ def test_openmetrics_when_asked_for() -> None:
     metrics.request_finished(200, 0.01)
     body, content_type = metrics.exposition("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text"), content_type
-    families = {f.name: f for f in openmetrics_families(body.decode())}
+    parsed = openmetrics_families(body.decode())  # type: ignore[no-untyped-call]
+    families = {f.name: f for f in parsed}
     assert families[REQUEST_DURATION].type == "histogram"
     assert families["sockact_build"].type == "info"
     body, content_type = metrics.exposition(None)

@@ -16,7 +16,7 @@ import pytest
 
 from sockact.controller import probe
 from sockact.controller.probe import FAILURE_KINDS, Probe, Report, Target
-from sockact.errors import BadInput
+from sockact.errors import EXIT_PROBE_FAILED, BadInput
 
 BODY = b'{"instance": "api@1", "version": "1.2.3"}'
 
@@ -391,7 +391,7 @@ def test_cli_exit_codes(make_server: MakeServer, capsys: pytest.CaptureFixture[s
     s.bind(("127.0.0.1", 0))
     dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
     s.close()
-    assert _cli(["probe", dead, "--duration", "0.2", "--json"]) == probe.EXIT_PROBE_FAILED
+    assert _cli(["probe", dead, "--duration", "0.2", "--json"]) == EXIT_PROBE_FAILED
     assert json.loads(capsys.readouterr().out)["failures"]["refused"] > 0
 
 
@@ -590,16 +590,17 @@ def test_progress_callback(make_server: MakeServer) -> None:
 
 def test_bad_open_loop_arguments() -> None:
     t = [Target("127.0.0.1", 1)]
-    for kw in (
+    kws: tuple[dict[str, Any], ...] = (
         {"rate": 0},
         {"rate": -1},
         {"rate": float("inf")},
         {"rate": 10, "pause": 1},
         {"rate": 10, "schedule": "bursty"},
         {"rate": 10, "max_in_flight": 0},
-    ):
+    )
+    for kw in kws:
         with pytest.raises(BadInput):
-            Probe(t, **kw)  # type: ignore[arg-type]
+            Probe(t, **kw)
     assert probe.parse_rate("250") == (250.0, None)
     assert probe.parse_rate("50%") == (None, 0.5)
     for bad in ("", "x", "0", "-5", "0%", "nan", "2000%"):

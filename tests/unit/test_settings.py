@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,13 +126,13 @@ def test_render_refuses_values_systemd_would_ignore(
 @pytest.mark.parametrize("mode", ["reuseport", "socket"])
 def test_systemd_takes_the_extremes_of_every_range(tmp_path: Path, mode: str) -> None:
     """The largest and smallest values the table allows are parsed by systemd, not ignored."""
+    names4 = ("start_timeout", "watchdog_sec", "limit_nofile", "backlog")
+    high: dict[str, Any] = {n: settings.RENDER[n].high for n in names4}
+    low: dict[str, Any] = {n: int(settings.RENDER[n].low or 0) for n in names4}
     opts = [
-        UnitOptions(listen=mode, **{n: settings.RENDER[n].high for n in ("start_timeout",
-                    "watchdog_sec", "limit_nofile", "backlog")}, drain_timeout=86400.0),
-        UnitOptions(listen=mode, **{n: int(settings.RENDER[n].low or 0) for n in (
-                    "start_timeout", "watchdog_sec", "limit_nofile", "backlog")},
-                    drain_timeout=0.1),
-    ]  # fmt: skip
+        UnitOptions(listen=mode, **high, drain_timeout=86400.0),
+        UnitOptions(listen=mode, **low, drain_timeout=0.1),
+    ]
     for i, opt in enumerate(opts):
         unit_dir = tmp_path / str(i)
         unit_dir.mkdir()

@@ -449,7 +449,7 @@ def test_write_units_rolls_back_when_a_rename_fails(
             raise OSError(errno.EIO, "Input/output error")
         real_replace(src, dst)
 
-    monkeypatch.setattr(units.os, "replace", failing_replace)
+    monkeypatch.setattr("sockact.controller.units.os.replace", failing_replace)
     with pytest.raises(BadInput) as err:
         write_units(UnitOptions(listen="socket", port=2222), out)
     assert "cannot replace api.socket: Input/output error; nothing was changed" in str(
