@@ -162,7 +162,7 @@ def test_a_stop_under_load_stops_the_load_and_writes_the_run_without_the_journal
     sp.wait_ready()
     inventory = tmp_path / "inventory.ini"
     inventory.write_text("[api]\nlocal ansible_host=127.0.0.1 ansible_connection=local\n")
-    load = ("--inventory", str(inventory), "--port", str(sp.port), "--rate", "50")
+    load: tuple[str, ...] = ("--inventory", str(inventory), "--port", str(sp.port), "--rate", "50")
     load += ("--journal-playbook", str(ROOT / "ansible" / "journal.yml"))
     with rollout(tmp_path, load=load) as r:
         time.sleep(0.5)  # some load on the instance
