@@ -43,14 +43,19 @@ MSG_UNIT_PROCESS_EXIT: Final = "98e322203f7a4ed290d09fe03c09fe15"  # "Main proce
 MSG_UNIT_FAILED: Final = "be02cf6855d2428ba40df7e9d022f03d"  # "Failed to start ..."
 
 # sockact's own messages (sockact/runtime/lifecycle.py)
-_WARMUP = re.compile(r"^warm-up took (?P<s>[0-9.]+) s$")
+#: seconds as sockact writes them (%.2f, or :g: "1e+03"); a bare "." or "1.2.3" is not
+#: a match (before, a crash)
+_SECONDS: Final = r"[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?"
+_WARMUP = re.compile(rf"^warm-up took (?P<s>{_SECONDS}) s$")
 _SERVING = re.compile(r"^serving on ")
-_DRAINING = re.compile(r"^\S+: draining (?P<n>\d+) connection\(s\)")
-_DRAINED = re.compile(r"^drained in (?P<s>[0-9.]+) s, (?P<rest>.*)$")
-_UNREAD = re.compile(r"^closed (?P<n>\d+) connection\(s\) with request bytes unread")
+_DRAINING = re.compile(r"^\S+: draining (?P<n>[0-9]+) connection\(s\)")
+_DRAINED = re.compile(rf"^drained in (?P<s>{_SECONDS}) s, (?P<rest>.*)$")
+_UNREAD = re.compile(r"^closed (?P<n>[0-9]+) connection\(s\) with request bytes unread")
 #: what sockact.cli prints before an exit other than 0 (a plain stderr line)
 _ERROR: Final = "sockact: error: "
-_TIMED_OUT = re.compile(r"^drain_timeout (?P<s>[0-9.]+) s ran out: cut (?P<n>\d+) connection\(s\)")
+_TIMED_OUT = re.compile(
+    rf"^drain_timeout (?P<s>{_SECONDS}) s ran out: cut (?P<n>[0-9]+) connection\(s\)"
+)
 
 
 @dataclass(frozen=True)
@@ -396,7 +401,7 @@ def host_switch(
     old = [x for x in found if x.start is None and (x.stopping or x.stopped or x.drain_start)]
     recorded_instances = set()
     if record is not None and isinstance(record.get("instances"), list):
-        recorded_instances = {int(i) for i in record["instances"] if str(i).isdigit()}
+        recorded_instances = {int(i) for i in record["instances"] if str(i).isdecimal()}
     serving = [x for x in new if x.stopped is None]
     recorded = bool(serving) and {x.instance for x in serving} == recorded_instances
     new_release = _label(record.get("release")) if record and recorded else None

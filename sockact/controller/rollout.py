@@ -21,13 +21,19 @@ then a per-host table from the hosts' own journals, the whole run's figures, and
 
 ``--rate none`` runs the command with the progress line and the log only (no load, no
 journal). ``sockact rollout report OUT`` prints the summary of a finished run again from
-its files (and redraws the PNG).
+its files (and redraws the PNG); each file is checked (:mod:`.jsonshape`) before anything
+is written.
+
+The command runs in a session of its own (:mod:`.child`): a stop signal to rollout or its
+stdout's reader going away stops the command's process group and waits for it before
+rollout exits (130, 141); after a stop no journal is read and no PNG drawn.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -36,6 +42,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
+from sockact.controller.child import BROKEN_PIPE, Stops, run_command
 from sockact.controller.httpwire import Target
 from sockact.controller.journal import (
     TABLE_NOTES,
@@ -52,8 +60,23 @@ from sockact.controller.journal import (
     host_switch,
     parse_entries,
 )
+from sockact.controller.jsonshape import (
+    ANY,
+    INT,
+    NUM,
+    STR,
+    ListOf,
+    MapOf,
+    Obj,
+    Opt,
+    Shape,
+    ShapeError,
+    TupleOf,
+    check,
+)
 from sockact.controller.probe import Probe, capacity_of, measure_capacity, parse_rate
 from sockact.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_COMMAND_FAILED,
     EXIT_FORCED,
     EXIT_PROBE_FAILED,
@@ -233,26 +256,93 @@ class RunOptions:
     journal_playbook: Path | None = None
 
 
-def _say(text: str = "") -> None:
-    print(text, flush=True)
+class _Screen:
+    """rollout's lines on stdout. When stdout's reader went away, that is a stop (the
+    command is stopped, exit 141) and nothing more is written; when stdout fails
+    otherwise (a terminal that hung up), nothing more is written either."""
+
+    def __init__(self, stops: Stops) -> None:
+        self.stops = stops
+        self.gone = False
+
+    def say(self, text: str = "") -> None:
+        if self.gone:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            self.gone = True
+            self.stops.note_broken_pipe()
+        except OSError:
+            self.gone = True
 
 
-def _pump(stream: IO[str], log: IO[str], phase: AnsiblePhase) -> None:
-    for line in stream:
-        log.write(line)
+def _make_dir(path: Path) -> None:
+    """``mkdir -p``, with the right error for a file in the way (not "File exists")."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare(opts: RunOptions) -> IO[str]:
+    """Check ``--out`` and ``--log`` before anything runs (bad input: exit 2, never a
+    deploy half watched); return the log, open for appending, its header written."""
+    out = opts.out
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"rollout run: --out {out}: not a directory")
+    try:
+        _make_dir(out)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise BadInput(
+            f"rollout run: --out {out}: cannot write in it: {exc.strerror or exc}"
+        ) from None
+    if opts.log.is_dir():
+        raise BadInput(f"rollout run: --log {opts.log}: a directory, not a file")
+    try:
+        _make_dir(opts.log.parent)
+        log = opts.log.open("a")
+    except OSError as exc:
+        raise BadInput(
+            f"rollout run: --log {opts.log}: cannot write: {exc.strerror or exc}"
+        ) from None
+    try:
+        log.write(f"\n# {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC {opts.label}: ")
+        log.write(" ".join(opts.command) + "\n")
         log.flush()
-        phase.feed(line)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            log.close()
+        raise BadInput(
+            f"rollout run: --log {opts.log}: cannot write: {exc.strerror or exc}"
+        ) from None
+    return log
+
+
+def _stopped_code(stops: Stops) -> int:
+    return EXIT_BROKEN_PIPE if stops.seen[0] == BROKEN_PIPE else EXIT_FORCED
 
 
 def run(opts: RunOptions) -> int:
     """Run ``opts.command`` (under load unless ``rate`` is "none"); return the exit code:
     0, :data:`EXIT_COMMAND_FAILED` (the command failed), :data:`EXIT_PROBE_FAILED` (a
-    request failed, or the capacity burst saw one), 130 (interrupted)."""
+    request failed, or the capacity burst saw one), 130 (SIGINT, SIGTERM or SIGHUP) or
+    141 (stdout's reader went away): the command was stopped first (:mod:`.child`)."""
     load = opts.rate.strip().lower() != "none"
     if load and opts.inventory is None:
         raise BadInput("rollout: --inventory is needed for the load (or --rate none)")
-    opts.out.mkdir(parents=True, exist_ok=True)
-    opts.log.parent.mkdir(parents=True, exist_ok=True)
+    if shutil.which(opts.command[0]) is None:  # not after the capacity burst
+        raise BadInput(f"rollout run: {opts.command[0]}: no such command (or not executable)")
+    log = _prepare(opts)
+    try:
+        with Stops() as stops:
+            return _run(opts, load, log, stops, _Screen(stops))
+    finally:
+        with contextlib.suppress(OSError):  # what it could not write was said
+            log.close()
+
+
+def _run(opts: RunOptions, load: bool, log: IO[str], stops: Stops, screen: _Screen) -> int:
     meta: dict[str, Any] = {
         "label": opts.label,
         "command": list(opts.command),
@@ -266,57 +356,47 @@ def run(opts: RunOptions) -> int:
         assert opts.inventory is not None
         hosts = inventory_hosts(opts.inventory, opts.group, opts.port, opts.path)
         meta["hosts"] = [h.__dict__ for h in hosts]
-        probe, meta["capacity"] = _start_probe(opts, hosts)
+        _clear_earlier_files(opts.out, hosts)
+        probe, meta["capacity"] = _start_probe(opts, hosts, screen)
         if probe is None:
             _write_json(opts.out / META, meta)
             return EXIT_PROBE_FAILED
+    if stops.stopped:  # before the command: it does not start
+        if probe is not None:
+            probe.stop()
+        meta["interrupted"] = stops.reason
+        _write_json(opts.out / META, meta)
+        screen.say(f"{opts.label}: {stops.reason}: the command was not started")
+        return _stopped_code(stops)
     phase = AnsiblePhase()
     t0 = time.monotonic()
     began = time.time()
-    rc: int | None = None
-    interrupted = False
-    progress_out = (opts.out / "progress.jsonl").open("a") if load else None
+    progress_out = _JsonLines.open(opts.out / "progress.jsonl") if load else None
+    requests = failed = 0
     try:
-        with opts.log.open("a") as log:
-            log.write(f"\n# {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC {opts.label}: ")
-            log.write(" ".join(opts.command) + "\n")
-            log.flush()
-            try:
-                proc = subprocess.Popen(
-                    list(opts.command),
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    text=True,
-                    bufsize=1,
-                )
-            except OSError as exc:
-                raise BadInput(
-                    f"rollout: cannot run {opts.command[0]}: {exc.strerror or exc}"
-                ) from None
-            assert proc.stdout is not None
-            pump = threading.Thread(target=_pump, args=(proc.stdout, log, phase), daemon=True)
-            pump.start()
-            next_line = t0 + opts.every
-            try:
-                while rc is None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        rc = proc.wait(timeout=0.2)
-                    if time.monotonic() >= next_line and rc is None:
-                        next_line += opts.every
-                        _progress(probe, phase, t0, progress_out)
-            except KeyboardInterrupt:
-                interrupted = True
-                _say(f"{opts.label}: interrupted: waiting for the command to stop")
-                with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
-                    rc = proc.wait(timeout=30)
-                if rc is None:
-                    proc.kill()
-                    rc = proc.wait()
-            pump.join(5)
+        try:
+            ran = run_command(
+                opts.command,
+                log,
+                stops,
+                feed=phase.feed,
+                tick=lambda: _progress(probe, phase, t0, progress_out, screen),
+                every=opts.every,
+            )
+        except OSError as exc:
+            raise BadInput(
+                f"rollout: cannot run {opts.command[0]}: {exc.strerror or exc}"
+            ) from None
+        rc = ran.rc
         command_s = time.monotonic() - t0
         meta.update(command_rc=rc, command_s=round(command_s, 3), command_began=began)
-        _say(f"{opts.label}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {command_s:.1f} s")
+        if ran.stopped_by:
+            screen.say(f"{opts.label}: {stops.reason}: stopped the command ({ran.stopped_by})")
+        if ran.log_error:
+            screen.say(f"{opts.label}: the log lost the command's output: {ran.log_error}")
+        screen.say(
+            f"{opts.label}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {command_s:.1f} s"
+        )
         if probe is not None:
             # the plays on the probe's time base: the controller's lane of the timeline
             probe_t0 = time.monotonic() - probe.elapsed()
@@ -324,10 +404,10 @@ def run(opts: RunOptions) -> int:
             meta["plays"] = [
                 {"t": round(when - probe_t0, 3), "play": name} for when, name in phase.plays
             ]
-            if opts.tail > 0 and not interrupted:
-                time.sleep(opts.tail)  # a little traffic on what the command left
+            stops.sleep(opts.tail)  # a little traffic on what the command left
             report = probe.stop()
-            _progress(probe, phase, t0, progress_out, final=report.to_dict())
+            requests, failed = report.total, report.failed
+            _progress(probe, phase, t0, progress_out, screen, final=report.to_dict())
             doc = report.to_dict()
             doc["capacity"] = meta.get("capacity")
             _write_json(opts.out / "probe.json", doc)
@@ -335,25 +415,92 @@ def run(opts: RunOptions) -> int:
     finally:
         if progress_out is not None:
             progress_out.close()
+            if progress_out.error:
+                screen.say(f"{opts.label}: {progress_out.error}")
         if probe is not None and probe.report is None:  # an error on the way: no load left
             probe.stop()
+    if stops.stopped:  # during the command, or after it (the tail, the journals)
+        meta["interrupted"] = stops.reason
     if not load:
         _write_json(opts.out / META, meta)
-        _say(f"{opts.label}: log {opts.log}")
-        return EXIT_FORCED if interrupted else (0 if rc == 0 else EXIT_COMMAND_FAILED)
-    meta["journal"] = _fetch_journals(opts, int(meta["since"]))
-    _write_json(opts.out / META, meta)
-    summary = summarize(opts.out)
-    _say()
-    _say(summary.text)
-    if interrupted:
-        return EXIT_FORCED
+        screen.say(f"{opts.label}: log {opts.log}")
+    else:
+        if stops.stopped:  # no more remote commands once stopped
+            meta["journal"] = {"ok": False, "why": f"interrupted ({stops.reason})"}
+        else:
+            meta["journal"] = _fetch_journals(opts, int(meta["since"]), log, stops, screen)
+            if stops.stopped:
+                meta["interrupted"] = stops.reason
+        _write_json(opts.out / META, meta)
+        try:
+            screen.say()
+            screen.say(summarize(opts.out, draw=not stops.stopped).text)
+        except BadInput as exc:  # a host's files: the deploy's verdict stands
+            screen.say(f"{opts.label}: no summary: {exc.message}")
+    if stops.stopped:
+        return _stopped_code(stops)
     if rc != 0:
         return EXIT_COMMAND_FAILED
-    return 0 if summary.requests > 0 and summary.failed == 0 else EXIT_PROBE_FAILED
+    if not load:
+        return 0
+    return 0 if requests > 0 and failed == 0 else EXIT_PROBE_FAILED
 
 
-def _start_probe(opts: RunOptions, hosts: Sequence[Host]) -> tuple[Probe | None, dict[str, Any]]:
+def _clear_earlier_files(out: Path, hosts: Sequence[Host]) -> None:
+    """Remove what an earlier run left in ``out`` (the same ``--out`` again) that this one
+    may not write again: the hosts' files (when it reads no journal: interrupted, or
+    journal.yml failed) and timeline.png (not drawn after a stop), so that the summary
+    never shows an earlier deploy as this one."""
+    paths = [out / "timeline.png"]
+    for h in hosts:
+        paths += [
+            out / "hosts" / f"{h.name}{suffix}" for suffix in (".journal.jsonl", ".deploy.json")
+        ]
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise BadInput(
+                f"rollout run: cannot remove {path} (an earlier run's): {exc.strerror or exc}"
+            ) from None
+
+
+class _JsonLines:
+    """progress.jsonl (this run's: emptied at its start). A write that fails (a full
+    disk) does not stop the deploy: the first error is kept (``error``) and said at the
+    end, and nothing more is written."""
+
+    def __init__(self, path: Path, file: IO[str]) -> None:
+        self.path = path
+        self.file = file
+        self.error = ""
+
+    @classmethod
+    def open(cls, path: Path) -> _JsonLines:
+        try:
+            return cls(path, path.open("w"))
+        except OSError as exc:
+            raise BadInput(f"rollout: cannot write {path}: {exc.strerror or exc}") from None
+
+    def write(self, doc: Mapping[str, Any]) -> None:
+        if self.error:
+            return
+        try:
+            self.file.write(json.dumps(doc) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            self.error = f"cannot write {self.path}: {exc.strerror or exc}"
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError as exc:
+            self.error = self.error or f"cannot write {self.path}: {exc.strerror or exc}"
+
+
+def _start_probe(
+    opts: RunOptions, hosts: Sequence[Host], screen: _Screen
+) -> tuple[Probe | None, dict[str, Any]]:
     targets = [Target.from_url(h.url) for h in hosts]
     rate, fraction = parse_rate(opts.rate)
     capacity: dict[str, Any] = {}
@@ -368,21 +515,21 @@ def _start_probe(opts: RunOptions, hosts: Sequence[Host]) -> tuple[Probe | None,
             "measured": True,
             "fraction": fraction,
         }
-        _say(
+        screen.say(
             f"{opts.label}: capacity of {len(hosts)} host(s) {rps:,.0f} req/s (closed loop, "
             f"{opts.capacity_seconds:g} s, {cap.failed} failed)"
         )
         if cap.failed or cap.ok == 0:
-            _say(f"{opts.label}: the capacity burst saw failed requests: not starting")
+            screen.say(f"{opts.label}: the capacity burst saw failed requests: not starting")
             for e in cap.error_samples[:3]:
-                _say(f"  {e}")
+                screen.say(f"  {e}")
             return None, capacity
-        time.sleep(0.5)  # let the hosts settle after the burst
+        screen.stops.sleep(0.5)  # let the hosts settle after the burst
         rate = max(rps * fraction, 0.1)
     assert rate is not None
     capacity["rate"] = round(rate, 1)
     what = f" ({fraction:.0%} of capacity)" if fraction is not None else ""
-    _say(
+    screen.say(
         f"{opts.label}: open-loop load {rate:,.0f} req/s{what} on " + " ".join(h.url for h in hosts)
     )
     probe = Probe(targets, rate=rate, max_duration=MAX_LOAD_S).start()
@@ -394,29 +541,35 @@ def _progress(
     probe: Probe | None,
     phase: AnsiblePhase,
     t0: float,
-    out: IO[str] | None,
+    out: _JsonLines | None,
+    screen: _Screen,
     final: Mapping[str, Any] | None = None,
 ) -> None:
     if final is not None:
         if out is not None:
-            out.write(json.dumps({"final": True, "requests": final["total"]}) + "\n")
+            out.write({"final": True, "requests": final["total"]})
         return
     p = probe.progress() if probe is not None else None
     text = phase.text
-    _say(progress_line(time.monotonic() - t0, text, p))
+    screen.say(progress_line(time.monotonic() - t0, text, p))
     if out is not None and p is not None:
-        out.write(json.dumps({**p, "phase": text}) + "\n")
-        out.flush()
+        out.write({**p, "phase": text})
 
 
-def _fetch_journals(opts: RunOptions, since: int) -> dict[str, Any]:
-    """Run ansible/journal.yml; its output goes to the log."""
+def _fetch_journals(
+    opts: RunOptions, since: int, log: IO[str], stops: Stops, screen: _Screen
+) -> dict[str, Any]:
+    """Run ansible/journal.yml (a command stopped like the deploy); its output goes to
+    the log."""
     book = opts.journal_playbook
     if book is None or not book.exists():
         return {"ok": False, "why": f"no journal playbook ({book or 'none given'})"}
     assert opts.inventory is not None
     dest = opts.out / "hosts"
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"rollout: cannot make {dest}: {exc.strerror or exc}") from None
     argv = [
         _tool("ansible-playbook"),
         "-i",
@@ -432,23 +585,27 @@ def _fetch_journals(opts: RunOptions, since: int) -> dict[str, Any]:
         f"sockact_name={opts.name}",
     ]
     t0 = time.monotonic()
-    with opts.log.open("a") as log:
+    with contextlib.suppress(OSError):
         log.write(f"\n# {opts.label}: the hosts' journals: {' '.join(argv)}\n")
         log.flush()
-        proc = subprocess.run(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
-        )
+    ran = run_command(argv, log, stops)
     took = time.monotonic() - t0
-    if proc.returncode != 0:
-        _say(f"{opts.label}: reading the hosts' journals FAILED (exit {proc.returncode}, log)")
-        return {"ok": False, "why": f"ansible-playbook exit {proc.returncode}", "seconds": took}
+    if stops.stopped:
+        screen.say(f"{opts.label}: {stops.reason}: stopped reading the journals")
+        return {"ok": False, "why": f"interrupted ({stops.reason})", "seconds": round(took, 3)}
+    if ran.rc != 0:
+        screen.say(f"{opts.label}: reading the hosts' journals FAILED (exit {ran.rc}, log)")
+        return {"ok": False, "why": f"ansible-playbook exit {ran.rc}", "seconds": round(took, 3)}
     return {"ok": True, "seconds": round(took, 3)}
 
 
 def _write_json(path: Path, doc: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BadInput(f"rollout: cannot write {path}: {exc.strerror or exc}") from None
 
 
 # -- the summary ------------------------------------------------------------------------
@@ -463,13 +620,84 @@ class Summary:
     png: Path | None
 
 
-def _read_json(path: Path) -> Any:
+_NAMED: Final = frozenset({"name", "url"})
+_T: Final = frozenset({"t"})
+#: what the summary (and the timeline) read of rollout.json
+META_SHAPE: Final = Obj(
+    {
+        "label": STR,
+        "log": STR,
+        "name": STR,
+        "machine": STR,
+        "hosts": ListOf(Obj({"name": STR, "url": STR}, _NAMED)),
+        "command_rc": Opt(INT),
+        "command_s": NUM,
+        "command_t": Opt(ListOf(Opt(NUM), 2)),
+        "plays": Opt(ListOf(Obj({"t": NUM, "play": Opt(STR)}, _T))),
+        "capacity": Opt(Obj({"fraction": Opt(NUM), "rps": NUM})),
+        "journal": Opt(Obj({"why": STR})),
+    }
+)
+#: what the summary and the timeline read of probe.json (a probe report)
+REPORT_SHAPE: Final = Obj(
+    {
+        "mode": STR,
+        "started_at": Opt(NUM),
+        "targets": Opt(ListOf(STR)),
+        "rate": Opt(NUM),
+        "total": INT,
+        "failed": INT,
+        "failures": Opt(MapOf(INT)),
+        "duration_s": NUM,
+        "latency_ms": Opt(Obj({"p50": NUM, "p99": NUM, "max": NUM})),
+        "late": INT,
+        "send_lag_ms": Opt(Obj({"max": NUM})),
+        "samples": Opt(ListOf(Obj({"count": INT}, frozenset({"count"})))),
+        "series": Opt(ListOf(Obj({"t": NUM, "p99_ms": NUM, "max_ms": NUM}, _T))),
+        "bucket_s": Opt(NUM),
+        "buckets": Opt(
+            ListOf(
+                Obj(
+                    {
+                        "t": NUM,
+                        "ok": INT,
+                        "failures": Opt(MapOf(INT)),
+                        "targets_failed": Opt(ListOf(INT)),
+                        "answered": ListOf(TupleOf((ANY, ANY, INT))),
+                    },
+                    _T,
+                )
+            )
+        ),
+    }
+)
+#: a host's deploy record (``hosts/<host>.deploy.json``), as far as the table reads it
+RECORD_SHAPE: Final = Obj({"instances": ListOf(ANY)})
+
+
+def _read_text(path: Path) -> str:
     try:
-        return json.loads(path.read_text())
+        return path.read_text()
     except OSError as exc:
         raise BadInput(f"rollout: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"rollout: {path}: not UTF-8 text: {exc.reason}") from None
+
+
+def _read_json(path: Path, shape: Shape = ANY, text: str | None = None) -> Any:
+    """The JSON document in ``path``, checked against ``shape``: anything wrong is one
+    line naming the file and what is wrong in it."""
+    if text is None:
+        text = _read_text(path)
+    try:
+        doc = json.loads(text)
     except ValueError as exc:
         raise BadInput(f"rollout: {path}: not JSON: {exc}") from None
+    try:
+        check(doc, shape)
+    except ShapeError as exc:
+        raise BadInput(f"rollout: {path}: {exc}") from None
+    return doc
 
 
 def failed_by_target(report: Mapping[str, Any]) -> list[int]:
@@ -494,9 +722,14 @@ def switches_of(out: Path, meta: Mapping[str, Any], report: Mapping[str, Any]) -
         rpath = out / "hosts" / f"{name}.deploy.json"
         if not jpath.exists():
             continue
-        entries = parse_entries(jpath.read_text().splitlines(), str(meta.get("name", "api")))
-        text = rpath.read_text().strip() if rpath.exists() else ""
-        record = json.loads(text) if text else None
+        try:
+            entries = parse_entries(_read_text(jpath).splitlines(), str(meta.get("name", "api")))
+        except BadInput as exc:
+            if exc.message.startswith("rollout: "):
+                raise
+            raise BadInput(f"rollout: {jpath}: {exc.message}") from None
+        text = _read_text(rpath).strip() if rpath.exists() else ""
+        record = _read_json(rpath, RECORD_SHAPE, text) if text else None
         result.append(host_switch(name, entries, record, None if i is None else failed[i]))
     return result
 
@@ -518,7 +751,7 @@ def play_events(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
         event: dict[str, Any] = {
             "t": p["t"],
             "host": PLAYS_LANE,
-            "label": f"play: {str(p['play']).split()[0]}",
+            "label": f"play: {(str(p['play']).split() or ['?'])[0]}",
             "play": p["play"],
         }
         if until is not None and until >= p["t"]:
@@ -533,13 +766,17 @@ def _fmt_ms(v: Any) -> str:
 
 def summarize(out: Path, draw: bool = True) -> Summary:
     """The summary of the run in ``out`` (printed, and written to ``out/summary.txt``);
-    draws ``out/timeline.png`` unless ``draw`` is false or matplotlib is missing."""
-    meta = _read_json(out / META)
-    report = _read_json(out / "probe.json")
+    draws ``out/timeline.png`` unless ``draw`` is false or matplotlib is missing.
+
+    Every file of the run is read and checked before anything is written: a bad one is
+    :class:`BadInput` naming it, and leaves the directory as it was."""
+    meta = _read_json(out / META, META_SHAPE)
+    if "hosts" not in meta and not (out / "probe.json").exists():
+        raise BadInput(f"rollout: {out}: a run without load (--rate none): no summary")
+    report = _read_json(out / "probe.json", REPORT_SHAPE)
     switches = switches_of(out, meta, report)
     started_at = float(report.get("started_at") or 0.0)
     events = [*play_events(meta), *(e for s in switches for e in s.events(started_at))]
-    _write_json(out / "events.json", events)
     rc = meta.get("command_rc")
     label = str(meta.get("label", "deploy"))
     lines = [
@@ -550,7 +787,7 @@ def summarize(out: Path, draw: bool = True) -> Summary:
     total, failed = int(report.get("total", 0)), int(report.get("failed", 0))
     load = f"open loop {float(report.get('rate') or 0):,.0f} req/s"
     if cap.get("fraction") is not None:
-        load += f" ({float(cap['fraction']):.0%} of {float(cap['rps']):,.0f} req/s measured)"
+        load += f" ({cap['fraction']:.0%} of {float(cap.get('rps') or 0):,.0f} req/s measured)"
     fails = ", ".join(f"{k} {v:,}" for k, v in (report.get("failures") or {}).items() if v)
     lines.append(
         f"load: {load}, {total:,} requests in {float(report.get('duration_s', 0)):.1f} s, "
@@ -580,6 +817,7 @@ def summarize(out: Path, draw: bool = True) -> Summary:
         lines += _wrap(TABLE_NOTES, 92)
     else:
         lines.append(f"per-host table: skipped ({journal.get('why', 'no journal read')})")
+    _write_json(out / "events.json", events)
     png: Path | None = out / "timeline.png"
     if draw:
         why = _draw(out / "timeline.png", report, events, meta, switches)
@@ -594,7 +832,12 @@ def summarize(out: Path, draw: bool = True) -> Summary:
         lines.append(f"timeline: {png}")
     lines.append(f"Ansible's output: {meta.get('log')}")
     text = "\n".join(lines)
-    (out / "summary.txt").write_text(text + "\n")
+    try:
+        (out / "summary.txt").write_text(text + "\n")
+    except OSError as exc:
+        raise BadInput(
+            f"rollout: cannot write {out / 'summary.txt'}: {exc.strerror or exc}"
+        ) from None
     return Summary(text, tuple(switches), total, failed, png)
 
 
@@ -635,6 +878,59 @@ def _draw(
 # -- command line -----------------------------------------------------------------------
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: a finite number of seconds")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """Seconds > 0 (not inf, not nan)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be > 0 seconds")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    """Seconds >= 0 (not inf, not nan)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 0 seconds")
+    return value
+
+
+def _rate(text: str) -> str:
+    """``none``, R requests/s or P% (:func:`parse_rate`), checked before anything runs."""
+    if text.strip().lower() != "none":
+        try:
+            parse_rate(text)
+        except BadInput as exc:
+            raise argparse.ArgumentTypeError(exc.message.removeprefix("probe: --rate ")) from None
+    return text
+
+
+def _url_path(text: str) -> str:
+    """The path of the probe's URL: from /, no spaces or control characters."""
+    if not text.startswith("/") or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a URL path, from / (no spaces)")
+    return text
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 1-65535")
+    return value
+
+
 def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sockact rollout run ... -- COMMAND`` and ``sockact rollout report DIR``."""
     p = sub.add_parser(
@@ -651,7 +947,10 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="run COMMAND under load",
         epilog=f"Exit codes: 0 the command succeeded and no request failed; "
         f"{EXIT_COMMAND_FAILED} the command failed; {EXIT_PROBE_FAILED} a request failed (or "
-        "none was made, or the capacity burst saw a failure); 2 bad input; 130 interrupted.",
+        "none was made, or the capacity burst saw a failure); 2 bad input (flags, --out, --log, "
+        "the command: checked before anything runs); 130 stopped by SIGINT, SIGTERM or "
+        "SIGHUP, 141 stdout's reader went away: the command's process group is stopped "
+        "first (SIGINT or SIGTERM, SIGKILL after 30 s or at a second stop).",
     )
     r.add_argument("--out", type=Path, required=True, metavar="DIR", help="files of the run")
     r.add_argument(
@@ -663,20 +962,25 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     r.add_argument("--label", default="deploy", help="what runs, for the lines and the title")
     r.add_argument("--inventory", "-i", type=Path, metavar="FILE", help="Ansible inventory")
     r.add_argument("--group", default="api", help="inventory group of the hosts (default api)")
-    r.add_argument("--port", type=int, default=8080, help="main port of the hosts (8080)")
-    r.add_argument("--path", default="/", help="path the probe requests (/)")
+    r.add_argument("--port", type=_port, default=8080, help="main port of the hosts (8080)")
+    r.add_argument("--path", type=_url_path, default="/", help="path the probe requests (/)")
     r.add_argument("--name", default="api", help="unit name: <name>@N.service (api)")
     r.add_argument(
         "--rate",
+        type=_rate,
         default="25%",
         metavar="R|P%|none",
         help="open-loop load: R requests/s, or P%% of the capacity measured first "
         "(default 25%%); none: no load, no journal, progress and log only",
     )
-    r.add_argument("--capacity-seconds", type=float, default=3.0, metavar="S")
-    r.add_argument("--every", type=float, default=3.0, metavar="S", help="progress line (3 s)")
+    r.add_argument("--capacity-seconds", type=_seconds, default=3.0, metavar="S")
+    r.add_argument("--every", type=_seconds, default=3.0, metavar="S", help="progress line (3 s)")
     r.add_argument(
-        "--tail", type=float, default=2.0, metavar="S", help="load after the command ended (2 s)"
+        "--tail",
+        type=_seconds_or_zero,
+        default=2.0,
+        metavar="S",
+        help="load after the command ended (2 s)",
     )
     r.add_argument(
         "--journal-playbook",
@@ -699,10 +1003,6 @@ def run_rollout(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise BadInput("rollout run: no command: put it after --")
-    if args.every <= 0 or args.tail < 0 or args.capacity_seconds <= 0:
-        raise BadInput("rollout run: --every and --capacity-seconds must be > 0, --tail >= 0")
-    if args.rate.strip().lower() != "none":
-        parse_rate(args.rate)  # bad values are exit 2 before anything runs
     return run(
         RunOptions(
             command=command,

@@ -114,7 +114,7 @@ def test_a_deploy_under_load_shows_progress_and_a_summary(
     assert again.returncode == 0 and "no switch" in again.stdout, again.stderr
 
 
-def test_a_failed_command_is_exit_9_with_its_summary(serve: ServeFactory, tmp_path: Path) -> None:
+def test_a_failed_command_is_exit_10_with_its_summary(serve: ServeFactory, tmp_path: Path) -> None:
     sp = serve.start(warmup=0.1)
     sp.wait_ready()
     proc = rollout(tmp_path, sp.port, 2, "--journal-playbook", str(tmp_path / "none.yml"))
@@ -139,3 +139,25 @@ def test_without_matplotlib_the_png_is_skipped_and_the_run_succeeds(
         proc.stdout
     )
     assert not (tmp_path / "run" / "timeline.png").exists()
+
+
+def test_an_earlier_runs_host_files_are_not_shown_as_this_ones(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    """The same --out again, and this time no journal is read: the per-host table is
+    skipped, not made from the first run's files."""
+    sp = serve.start(warmup=0.1)
+    sp.wait_ready()
+    hosts = tmp_path / "run" / "hosts"
+    hosts.mkdir(parents=True)
+    data = ROOT / "tests" / "unit" / "data" / "deploy"
+    (hosts / "local.journal.jsonl").write_bytes((data / "sockact-1.journal.jsonl").read_bytes())
+    (hosts / "local.deploy.json").write_bytes((data / "sockact-1.deploy.json").read_bytes())
+    (tmp_path / "run" / "timeline.png").write_bytes(b"an earlier run's")
+    proc = rollout(tmp_path, sp.port, 0, "--journal-playbook", str(tmp_path / "none.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "per-host table: skipped (no journal playbook" in proc.stdout
+    assert "v1 -> v2" not in proc.stdout
+    assert list(hosts.iterdir()) == []
+    # drawn again (matplotlib is there), not the earlier one
+    assert (tmp_path / "run" / "timeline.png").read_bytes()[:4] == b"\x89PNG"

@@ -288,3 +288,29 @@ def test_summary_of_a_run_from_its_files(tmp_path: Path) -> None:
         ("play: Switch", 96.0, 40.0),
     ]
     assert {e["host"] for e in events} == {rollout.PLAYS_LANE, "sockact-1", "sockact-2"}
+
+
+def test_figures_sockact_never_writes_are_ignored_not_a_crash() -> None:
+    """A host's journal is data from elsewhere: "warm-up took 1.2.3 s" (another program
+    logging with a PHASE field) is not sockact's line."""
+
+    def entry(n: int, message: str) -> str:
+        return json.dumps(
+            {
+                "__REALTIME_TIMESTAMP": str(1_000_000 * n),
+                "_SYSTEMD_UNIT": "api@3.service",
+                "_PID": "7",
+                "PHASE": "serving",
+                "MESSAGE": message,
+            }
+        )
+
+    lines = [
+        entry(1, "warm-up took 1.2.3 s"),
+        entry(2, "drained in . s, 0 cut"),
+        entry(3, "drain_timeout 5..0 s ran out: cut 2 connection(s)"),
+        entry(4, "warm-up took 0.25 s"),
+        entry(5, "drain_timeout 1e+03 s ran out: cut 2 connection(s)"),  # as :g writes it
+    ]
+    (life,) = lives(parse_entries(lines))
+    assert (life.warmup_s, life.drain_s, life.cut_timeout) == (0.25, 1000.0, 2)

@@ -1,0 +1,71 @@
+"""sockact.controller.child: the command under ``sockact rollout`` with real processes.
+
+The stops by signal and by a closed stdout are tested end to end (``sockact rollout run``)
+in tests/integration/test_rollout_stops.py; here, what only the function shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sockact.controller.child import Stops, run_command
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_failing_tick_stops_the_command_before_the_error_goes_on(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    sleeper = (
+        f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    )
+
+    def tick() -> None:
+        if pidfile.exists() and pidfile.read_text():
+            raise RuntimeError("the progress line broke")
+
+    pid = 0
+    try:
+        with (
+            (tmp_path / "log").open("w") as log,
+            pytest.raises(RuntimeError, match="progress line broke"),
+        ):
+            run_command([sys.executable, "-c", sleeper], log, Stops(), tick=tick, every=0.1)
+        pid = int(pidfile.read_text())
+        assert not alive(pid)
+    finally:
+        if pid and alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_log_that_fails_does_not_block_the_command(tmp_path: Path) -> None:
+    """A full disk under the log: the output is still read (the command would block on a
+    full pipe otherwise), and the error is kept for the end."""
+    chatty = (
+        "import signal; signal.alarm(60)\n"  # a blocked command fails the test, not hangs it
+        "for i in range(5000): print(f'line {i} ' + 'x' * 60)\n"
+    )
+    lines: list[str] = []
+    began = time.monotonic()
+    log = open("/dev/full", "w")  # noqa: SIM115 (its close fails too)
+    try:
+        ran = run_command([sys.executable, "-c", chatty], log, Stops(), feed=lines.append)
+    finally:
+        with contextlib.suppress(OSError):
+            log.close()
+    assert ran.rc == 0, f"exit {ran.rc} after {time.monotonic() - began:.0f} s"
+    assert "No space left on device" in ran.log_error
+    assert len(lines) == 5000 and lines[-1].startswith("line 4999 ")
