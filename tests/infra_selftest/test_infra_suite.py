@@ -344,7 +344,7 @@ def test_loosened_files_and_an_exposed_admin_server_fail(setup: Setup) -> None:
                 "test_release_is_not_writable_by_the_service[host]",
                 f"test_admin_server_listens_on_loopback[{hs.NAME}@2]",
             },
-            f"{env}: owner root, mode 0644",
+            f"{env}: root:{hs.USER} 0644",
         )
     finally:
         host.run("chmod", "0640", env)
