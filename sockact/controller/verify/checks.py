@@ -480,14 +480,8 @@ def _mode(f: Any) -> int:
 def _stat(host: Any, *paths: str) -> dict[str, tuple[str, str, int]]:
     """path -> (owner, group, mode) of each path that exists; the check fails when stat
     cannot read one that exists (no root: a check that cannot look is not green)."""
-    res = host.run("stat -c '%%n|%%U|%%G|%%a' -- " + " ".join(["%s"] * len(paths)), *paths)
-    found = {}
-    for line in res.stdout.splitlines():
-        name, user, group, mode = line.rsplit("|", 3)
-        found[name] = (user, group, int(mode, 8))
-    unreadable = [
-        line for line in res.stderr.splitlines() if "No such file" not in line and line.strip()
-    ]
+    res = host.run("LC_ALL=C stat -c '%%n|%%U|%%G|%%a' -- " + " ".join(["%s"] * len(paths)), *paths)
+    found, unreadable = facts.parse_stat(res.stdout, res.stderr)
     assert not unreadable, f"cannot stat: {unreadable} (run as root, or with -- --sudo)"
     return found
 
@@ -547,11 +541,15 @@ def test_release_is_not_writable_by_the_service(
     ]
     missing = [d for d in (record.release_dir, lay.instances_dir) if d not in found]
     inside = host.run(
-        "find %s ! -type l \\( -perm /022 -o ! -user root \\) -print -quit", record.release_dir
+        "LC_ALL=C find %s ! -type l \\( -perm /022 -o ! -user root \\) -print -quit",
+        record.release_dir,
     )
-    problems += [f"{line}: not root's, or group/other writable" for line in inside.stdout.split()]
+    problems += [
+        f"{line}: not root's, or group/other writable" for line in inside.stdout.splitlines()
+    ]
     if inside.rc != 0:
-        problems.append(f"find in {record.release_dir} failed (exit {inside.rc}): {inside.stderr}")
+        why = facts.without_ssh_noise(inside.stderr)
+        problems.append(f"find in {record.release_dir} failed (exit {inside.rc}): {why}")
     assert not problems and not missing, (
         f"the service could change what it runs: {problems}; missing: {missing}"
         + diagnose(host, lay.instance_unit(record.instances[0]))

@@ -174,6 +174,31 @@ def without_ssh_noise(text: str) -> str:
     return "\n".join(line for line in lines if not _SSH_NOISE.match(line.strip())).strip()
 
 
+#: what ``stat`` prints for a path that does not exist (it runs with ``LC_ALL=C``)
+_STAT_MISSING = "No such file or directory"
+
+
+def parse_stat(stdout: str, stderr: str) -> tuple[dict[str, tuple[str, str, int]], list[str]]:
+    """The output of ``LC_ALL=C stat -c '%n|%U|%G|%a' -- PATH...``: path -> (owner, group,
+    mode) of each path that exists, and stat's complaints about the paths it could not read
+    (a check that cannot look must fail, not pass). A path that does not exist is no
+    complaint (the caller knows which must exist). Only stat's own lines count: the same
+    stderr carries ssh's warnings ("Warning: Permanently added ... to the list of known
+    hosts.", once per connection without a known_hosts file), sudo's, a login script's.
+    """
+    found = {}
+    for line in stdout.splitlines():
+        parts = line.rsplit("|", 3)
+        if len(parts) == 4 and re.fullmatch(r"[0-7]{3,4}", parts[3]):
+            found[parts[0]] = (parts[1], parts[2], int(parts[3], 8))
+    unreadable = [
+        line.strip()
+        for line in stderr.splitlines()
+        if line.startswith("stat:") and _STAT_MISSING not in line
+    ]
+    return found, unreadable
+
+
 _USERS_RE = re.compile(r'\("([^"]*)",pid=(\d+),fd=(\d+)\)')
 
 
