@@ -215,3 +215,24 @@ def test_a_path_stat_cannot_read_is_a_complaint_among_the_noise() -> None:
 def test_stat_of_a_path_with_the_separator_and_of_a_sticky_directory() -> None:
     found, _ = facts.parse_stat("/srv/a|b|root|root|755\n/tmp|root|root|1777\n", "")
     assert found == {"/srv/a|b": ("root", "root", 0o755), "/tmp": ("root", "root", 0o1777)}
+
+
+@pytest.mark.parametrize(
+    ("local", "loopback"),
+    [
+        ("127.0.0.1:9001", True),
+        ("127.0.0.53%lo:53", True),
+        ("[::1]:9001", True),
+        # an admin server bound to the loopback device as well: ss shows the interface
+        ("[::1]%lo:9001", True),
+        ("[::ffff:127.0.0.1]:9001", True),
+        ("0.0.0.0:9001", False),
+        ("*:9001", False),
+        ("[::]:9001", False),
+        ("10.203.1.2:9001", False),
+        ("[fe80::1]%eth0:9001", False),
+        ("[::ffff:10.0.0.1]:9001", False),
+    ],
+)
+def test_which_listeners_are_on_loopback(local: str, loopback: bool) -> None:
+    assert facts.is_loopback(local) is loopback

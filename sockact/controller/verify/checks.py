@@ -473,10 +473,6 @@ def test_instance_reports_the_recorded_release(
 # --------------------------------------------------------------------------- service's reach
 
 
-def _mode(f: Any) -> int:
-    return int(f.mode)
-
-
 def _stat(host: Any, *paths: str) -> dict[str, tuple[str, str, int]]:
     """path -> (owner, group, mode) of each path that exists; the check fails when stat
     cannot read one that exists (no root: a check that cannot look is not green)."""
@@ -563,9 +559,7 @@ def test_admin_server_listens_on_loopback(host: Any, checked: Checked, instance:
     cfg = instance_settings(host, checked, instance)
     port = int(cfg.get("admin_port") or layout_admin_port(instance))
     found, out = listeners(host, port)
-    exposed = [
-        lst.local for lst in found if not lst.local.startswith(("127.", "[::1]:", "[::ffff:127."))
-    ]
+    exposed = [lst.local for lst in found if not facts.is_loopback(lst.local)]
     assert not exposed, (
         f"admin port {port} listens on {exposed}, not only on loopback:\n{out}"
         + diagnose(host, checked.layout.instance_unit(instance), port)

@@ -11,6 +11,7 @@ Pure functions of text: no pytest, no testinfra, no host (the checks fetch the t
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import re
 import tomllib
@@ -225,6 +226,21 @@ def parse_listeners(ss_output: str) -> list[Listener]:
         holders = tuple((comm, int(pid), int(fd)) for comm, pid, fd in _USERS_RE.findall(line))
         found.append(Listener(fields[3], holders))
     return found
+
+
+def is_loopback(local: str) -> bool:
+    """Whether ``ss``'s local address (``127.0.0.1:9001``, ``[::1]:9001``, with an interface
+    scope ``[::1]%lo:9001`` when the socket is bound to a device, ``*:9001``) is a loopback
+    address; a wildcard or a name is not."""
+    address = local.rpartition(":")[0] if ":" in local else local
+    address = address.partition("%")[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 _EXPOSURE_RE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
