@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         "7 canary failed, 8 the main listener failed while serving (systemd restarts it), "
         "9 verify: a check failed on a host (4: the pattern matched no host), "
         "10 rollout: the command run under load failed, "
-        "130 forced stop (a second stop signal), 141 the output's reader went away. "
+        "130 forced stop (a second stop signal) or interrupted (Ctrl-C), "
+        "141 the output's reader went away. "
         "See README.md.",
     )
     parser.add_argument("--version", action="version", version=f"sockact {__version__}")

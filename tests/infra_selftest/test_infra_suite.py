@@ -49,6 +49,10 @@ SUITE_TIMEOUT = 300
 RIGHT = {"reuseport": {"passed": 45, "skipped": 3}, "socket": {"passed": 46, "skipped": 2}}
 
 
+#: the checks of what the service can reach that stat and find its files (pytest -k)
+REACH = "belong_to_root_and_hide_from_others or release_is_not_writable_by_the_service"
+
+
 @dataclass
 class Setup:
     lab: Lab
@@ -159,9 +163,15 @@ class Run:
         return out
 
 
-def run_verify(s: Setup, pattern: str = "api") -> Run:
-    """The operator's command, against the lab inventory."""
+def run_verify(
+    s: Setup, pattern: str = "api", *pytest_args: str, ansible_cfg: Path | None = None
+) -> Run:
+    """The operator's command, against the lab inventory (``ansible_cfg``: the run's
+    ansible.cfg, by default the one that reuses one ssh connection per host)."""
     cmd = [str(SOCKACT), "verify", "-i", str(s.lab.inventory_path), "--hosts", pattern]
+    if pytest_args:
+        cmd += ["--", *pytest_args]
+    cfg = ansible_cfg or s.ansible_cfg
     started = time.monotonic()
     proc = subprocess.run(
         cmd,
@@ -169,7 +179,7 @@ def run_verify(s: Setup, pattern: str = "api") -> Run:
         text=True,
         timeout=SUITE_TIMEOUT,
         # wide enough for pytest's summary lines to keep each failure's first line
-        env={**os.environ, "ANSIBLE_CONFIG": str(s.ansible_cfg), "COLUMNS": "400"},
+        env={**os.environ, "ANSIBLE_CONFIG": str(cfg), "COLUMNS": "400"},
         check=False,
     )
     run = Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
@@ -190,6 +200,22 @@ def test_verify_passes_on_right_hosts(setup: Setup) -> None:
         "skipped": RIGHT["reuseport"]["skipped"] + RIGHT["socket"]["skipped"],
         "error": 0,
     }
+    assert (run.rc, run.counts) == (0, expected), run.out
+
+
+def test_reach_checks_pass_with_one_ssh_connection_per_command(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Without connection reuse (an ansible.cfg without ``control_path``, as where the
+    role's tests run ``sockact verify``), every command's stderr starts with ssh's
+    "Warning: Permanently added ... to the list of known hosts." (the lab's inventory has
+    no known_hosts file): the checks that read stat's stderr must not take it for stat's.
+    With a reused connection only the first command of a host prints it, which hid this."""
+    cfg = tmp_path / "ansible.cfg"
+    cfg.write_text("[defaults]\n")
+    run = run_verify(setup, "api", "-k", REACH, ansible_cfg=cfg)
+    # per host: the files of each of its 2 instances, and the release
+    expected = {"passed": 2 * (2 + 1), "failed": 0, "skipped": 0, "error": 0}
     assert (run.rc, run.counts) == (0, expected), run.out
 
 
@@ -344,7 +370,7 @@ def test_loosened_files_and_an_exposed_admin_server_fail(setup: Setup) -> None:
                 "test_release_is_not_writable_by_the_service[host]",
                 f"test_admin_server_listens_on_loopback[{hs.NAME}@2]",
             },
-            f"{env}: owner root, mode 0644",
+            f"{env}: root:{hs.USER} 0644",
         )
     finally:
         host.run("chmod", "0640", env)

@@ -8,6 +8,7 @@ hosts, right and broken, are in tests/infra_selftest.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,13 @@ import pytest
 
 from sockact.cli import build_parser
 from sockact.controller.verify import command
-from sockact.errors import EXIT_ADDRESS, EXIT_BAD_INPUT, EXIT_VERIFY_FAILED
+from sockact.errors import (
+    EXIT_ADDRESS,
+    EXIT_BAD_INPUT,
+    EXIT_FORCED,
+    EXIT_INTERNAL,
+    EXIT_VERIFY_FAILED,
+)
 
 SOCKACT = Path(sys.executable).parent / "sockact"
 
@@ -28,15 +35,52 @@ def inventory(tmp_path: Path) -> Path:
     return path
 
 
-def verify(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def verify(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(SOCKACT), "verify", *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=cwd,
+        env=env,
         check=False,
     )
+
+
+def with_plugin(tmp_path: Path, name: str, code: str) -> dict[str, str]:
+    """The environment of a run whose pytest can load the plugin ``name`` (``-- -p name``)."""
+    (tmp_path / f"{name}.py").write_text(code)
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+def test_ctrl_c_during_a_check_is_exit_130(inventory: Path, tmp_path: Path) -> None:
+    # as a SIGINT while a check waits for its host: the KeyboardInterrupt reaches pytest
+    env = with_plugin(
+        tmp_path, "ctrl_c", "def pytest_runtest_call(item):\n    raise KeyboardInterrupt\n"
+    )
+    proc = verify(
+        "-i", str(inventory), "--config-dir", str(tmp_path), "--", "-p", "ctrl_c", env=env
+    )
+    assert proc.returncode == EXIT_FORCED, proc.stdout + proc.stderr
+
+
+def test_checks_that_cannot_be_collected_are_an_error_not_an_interrupt(
+    inventory: Path, tmp_path: Path
+) -> None:
+    # pytest ends such a run as "Interrupted: 1 error during collection", by raising a
+    # KeyboardInterrupt subclass: nobody pressed Ctrl-C
+    plugin = "def pytest_generate_tests(metafunc):\n    raise RuntimeError('no host')\n"
+    env = with_plugin(tmp_path, "broken", plugin)
+    proc = verify(
+        "-i", str(inventory), "--config-dir", str(tmp_path), "--", "-p", "broken", env=env
+    )
+    assert proc.returncode == EXIT_INTERNAL, proc.stdout + proc.stderr
+    assert "RuntimeError: no host" in proc.stdout, proc.stdout
+    assert proc.stderr.endswith(
+        "sockact: error: pytest stopped the run: 1 error during collection (its errors above)\n"
+    ), proc.stderr
 
 
 def test_a_host_without_a_deploy_record_fails_the_record_check(

@@ -179,3 +179,60 @@ def test_the_allow_list_systemd_builds() -> None:
 def test_ssh_noise_is_not_the_hosts_output() -> None:
     text = "Warning: Permanently added '10.203.1.2' (ED25519) to the list of known hosts.\nreal\n"
     assert facts.without_ssh_noise(text) == "real"
+
+
+#: stderr of the reach checks' ``stat`` on a role-deployed host, as the clean-clone CI run
+#: got it (testinfra's ssh without a known_hosts file, one connection per command): ssh's
+#: warning, and stat's own line for the instance's env file, which a host may lack
+SSH_WARNING = "Warning: Permanently added '10.203.2.2' (ED25519) to the list of known hosts."
+STAT_STDOUT = """\
+/etc/api/instances|root|api|750
+/etc/api/instances/101.toml|root|api|640
+"""
+
+
+def test_stat_output_with_ssh_noise_is_read_as_readable() -> None:
+    stderr = (
+        f"{SSH_WARNING}\n"
+        "stat: cannot statx '/etc/api/instances/101.env': No such file or directory\n"
+    )
+    found, unreadable = facts.parse_stat(STAT_STDOUT, stderr)
+    assert unreadable == []
+    assert found == {
+        "/etc/api/instances": ("root", "api", 0o750),
+        "/etc/api/instances/101.toml": ("root", "api", 0o640),
+    }
+
+
+def test_a_path_stat_cannot_read_is_a_complaint_among_the_noise() -> None:
+    denied = "stat: cannot statx '/etc/api/instances/101.toml': Permission denied"
+    stderr = f"{SSH_WARNING}\nsudo: unable to resolve host sockact-2\n{denied}\n"
+    found, unreadable = facts.parse_stat("/etc/api/instances|root|api|750\n", stderr)
+    assert unreadable == [denied]
+    assert found == {"/etc/api/instances": ("root", "api", 0o750)}
+
+
+def test_stat_of_a_path_with_the_separator_and_of_a_sticky_directory() -> None:
+    found, _ = facts.parse_stat("/srv/a|b|root|root|755\n/tmp|root|root|1777\n", "")
+    assert found == {"/srv/a|b": ("root", "root", 0o755), "/tmp": ("root", "root", 0o1777)}
+
+
+@pytest.mark.parametrize(
+    ("local", "loopback"),
+    [
+        ("127.0.0.1:9001", True),
+        ("127.0.0.53%lo:53", True),
+        ("[::1]:9001", True),
+        # an admin server bound to the loopback device as well: ss shows the interface
+        ("[::1]%lo:9001", True),
+        ("[::ffff:127.0.0.1]:9001", True),
+        ("0.0.0.0:9001", False),
+        ("*:9001", False),
+        ("[::]:9001", False),
+        ("10.203.1.2:9001", False),
+        ("[fe80::1]%eth0:9001", False),
+        ("[::ffff:10.0.0.1]:9001", False),
+    ],
+)
+def test_which_listeners_are_on_loopback(local: str, loopback: bool) -> None:
+    assert facts.is_loopback(local) is loopback

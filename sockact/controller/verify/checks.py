@@ -473,50 +473,81 @@ def test_instance_reports_the_recorded_release(
 # --------------------------------------------------------------------------- service's reach
 
 
-def _mode(f: Any) -> int:
-    return int(f.mode)
+def _stat(host: Any, *paths: str) -> dict[str, tuple[str, str, int]]:
+    """path -> (owner, group, mode) of each path that exists; the check fails when stat
+    cannot read one that exists (no root: a check that cannot look is not green)."""
+    res = host.run("LC_ALL=C stat -c '%%n|%%U|%%G|%%a' -- " + " ".join(["%s"] * len(paths)), *paths)
+    found, unreadable = facts.parse_stat(res.stdout, res.stderr)
+    assert not unreadable, f"cannot stat: {unreadable} (run as root, or with -- --sudo)"
+    return found
+
+
+def _parents(path: str) -> list[str]:
+    """``path`` and every directory above it, up to ``/``."""
+    parts = path.rstrip("/").split("/")
+    return ["/".join(parts[:n]) or "/" for n in range(len(parts), 0, -1)]
 
 
 def test_instance_files_belong_to_root_and_hide_from_others(
     host: Any, checked: Checked, instance: int
 ) -> None:
-    """The instance's settings and app environment (it may hold secrets) are root's, not
-    writable by the service's group and not readable by anyone else (0640)."""
+    """The instance's settings and app environment (it may hold secrets) are root's, in
+    the service's group (named like ``--user``, as the role makes it), at most 0640, in a
+    directory the service cannot write."""
     lay = checked.layout
+    config, env = lay.instance_config(instance), lay.instance_env(instance)
+    found = _stat(host, lay.instance_config_dir, config, env)
     wrong = []
-    for path in (lay.instance_config(instance), lay.instance_env(instance)):
-        f = host.file(path)
-        if not f.exists:
-            continue  # an instance without an env file is right; a missing config fails elsewhere
-        if f.user != "root" or _mode(f) & 0o027:
-            mode = _mode(f)
-            wrong.append(f"{path}: owner {f.user}, mode {mode:04o} (want root, at most 0640)")
+    for path in (config, env):
+        if path not in found:
+            if path == config:
+                wrong.append(f"{path}: missing")
+            continue  # an instance without an env file is right
+        user, group, mode = found[path]
+        if user != "root" or group != checked.user or mode & 0o027:
+            wrong.append(
+                f"{path}: {user}:{group} {mode:04o} (want root:{checked.user}, at most 0640)"
+            )
+    if lay.instance_config_dir in found:
+        user, group, mode = found[lay.instance_config_dir]
+        if user != "root" or mode & 0o022:
+            wrong.append(
+                f"{lay.instance_config_dir}: {user}:{group} {mode:04o} (want root, no g+w)"
+            )
     assert not wrong, "; ".join(wrong) + diagnose(host, lay.instance_unit(instance))
 
 
 def test_release_is_not_writable_by_the_service(
     host: Any, checked: Checked, record: Record
 ) -> None:
-    """Nothing in the recorded release, the instance links or their directory can be changed
-    by the service user: they are root's and writable by root alone."""
+    """Nothing the instances run can be changed by the service user: the recorded release
+    (and everything in it), the instance links, and every directory above them up to ``/``
+    are root's and writable by root alone (a release root owned by the service user would
+    let it swap ``releases/`` under the root-owned links)."""
     lay = checked.layout
-    found = host.run(
-        "find %s %s -maxdepth 0 ! -user root -print; "
-        "find %s ! -type l \\( -perm /022 -o ! -user root \\) -print -quit",
-        lay.instances_dir, record.release_dir, record.release_dir,
-    )  # fmt: skip
-    links = [
-        lay.instance_link(i)
-        for i in record.instances
-        if host.file(lay.instance_link(i)).exists and host.file(lay.instance_link(i)).user != "root"
-    ]
-    top = host.file(lay.instances_dir)
-    loose = (
-        [f"{lay.instances_dir} mode {_mode(top):04o}"] if top.exists and _mode(top) & 0o022 else []
+    dirs = sorted(
+        set(_parents(record.release_dir) + _parents(lay.instances_dir)), key=lambda d: d.count("/")
     )
-    problems = [line for line in found.stdout.splitlines() if line.strip()] + links + loose
-    assert not problems, (
-        f"owned by another user than root, or writable by group/others: {problems}"
+    links = [lay.instance_link(i) for i in record.instances]
+    found = _stat(host, *dirs, *links)
+    problems = [
+        f"{path}: {user}:{group} {mode:04o}"
+        for path, (user, group, mode) in sorted(found.items())
+        if user != "root" or (path in dirs and mode & 0o022 and not mode & 0o1000)
+    ]
+    missing = [d for d in (record.release_dir, lay.instances_dir) if d not in found]
+    inside = host.run(
+        "LC_ALL=C find %s ! -type l \\( -perm /022 -o ! -user root \\) -print -quit",
+        record.release_dir,
+    )
+    problems += [
+        f"{line}: not root's, or group/other writable" for line in inside.stdout.splitlines()
+    ]
+    if inside.rc != 0:
+        why = facts.without_ssh_noise(inside.stderr)
+        problems.append(f"find in {record.release_dir} failed (exit {inside.rc}): {why}")
+    assert not problems and not missing, (
+        f"the service could change what it runs: {problems}; missing: {missing}"
         + diagnose(host, lay.instance_unit(record.instances[0]))
     )
 
@@ -528,9 +559,7 @@ def test_admin_server_listens_on_loopback(host: Any, checked: Checked, instance:
     cfg = instance_settings(host, checked, instance)
     port = int(cfg.get("admin_port") or layout_admin_port(instance))
     found, out = listeners(host, port)
-    exposed = [
-        lst.local for lst in found if not lst.local.startswith(("127.", "[::1]:", "[::ffff:127."))
-    ]
+    exposed = [lst.local for lst in found if not facts.is_loopback(lst.local)]
     assert not exposed, (
         f"admin port {port} listens on {exposed}, not only on loopback:\n{out}"
         + diagnose(host, checked.layout.instance_unit(instance), port)

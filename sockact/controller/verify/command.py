@@ -4,7 +4,8 @@ Runs :mod:`sockact.controller.verify.checks` with pytest and pytest-testinfra (t
 ``sockact[verify]``) over the inventory's hosts, and turns pytest's outcome into
 sockact's exit codes: 0 every check passed, 9 a check failed, 4 the pattern matched no
 host, 2 bad input (an inventory that does not parse, pytest arguments it refuses or that
-select no check, the extra missing), 130 interrupted, 1 anything else.
+select no check, the extra missing, an empty name in ``--hosts``), 130 interrupted (Ctrl-C),
+1 anything else (a check module that pytest could not collect, too).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sockact.errors import (
     AddressError,
     BadInput,
     MissingExtra,
+    SockactError,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -55,8 +57,8 @@ exit codes:
   {EXIT_ADDRESS}    the pattern matched no host or group of the inventory
   {EXIT_BAD_INPUT}    bad input: an inventory that does not parse, flags, pytest arguments
        refused or selecting no check, sockact[verify] not installed
-  {EXIT_FORCED}  interrupted
-  {EXIT_INTERNAL}    internal error
+  {EXIT_FORCED}  interrupted (Ctrl-C, SIGINT)
+  {EXIT_INTERNAL}    internal error (pytest could not collect the checks: its errors above)
 
 examples:
   sockact verify -i inventory.ini                     # the group api
@@ -87,10 +89,23 @@ def _ansible_inventory() -> str | None:
     )
 
 
+def host_specs(hosts: str) -> list[str]:
+    """testinfra's host specs (``ansible://PATTERN``) of ``--hosts``; an empty name in the
+    list (``a,,b``, a trailing comma) is bad input, not "every host" or a host named ""."""
+    names = [part.strip() for part in hosts.split(",")]
+    empty = [n for n, name in enumerate(names, 1) if not name]
+    if empty:
+        raise BadInput(
+            f"--hosts {hosts!r}: name {empty[0]} of {len(names)} is empty "
+            "(comma-separated group or host names, or globs)"
+        )
+    return [f"ansible://{name}" for name in names]
+
+
 def pytest_args(args: argparse.Namespace) -> list[str]:
     """The pytest command line ``sockact verify`` runs; its configuration is the
     ``pytest.ini`` beside the checks, not the caller's."""
-    spec = ",".join(f"ansible://{part.strip()}" for part in args.hosts.split(","))
+    spec = ",".join(host_specs(args.hosts))
     ours = [
         str(CHECKS),
         "-p",
@@ -110,18 +125,47 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
 class _Outcome:
     """Registered with pytest.main: what the exit code alone does not say."""
 
-    interrupted = False
+    #: what ended the session early (pytest's hook sees a Ctrl-C, pytest.exit and pytest's
+    #: own "errors during collection", a KeyboardInterrupt subclass, alike)
+    interrupt: BaseException | None = None
 
-    def pytest_keyboard_interrupt(self) -> None:
-        self.interrupted = True
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.interrupt = excinfo.value
+
+
+def exit_code(code: int, interrupt: BaseException | None) -> int:
+    """sockact's exit code for pytest's exit ``code`` (``interrupt``: what the keyboard
+    interrupt hook saw, if it ran)."""
+    import pytest
+
+    # pytest.Session.Interrupted ("N errors during collection") subclasses KeyboardInterrupt
+    by_user = isinstance(interrupt, KeyboardInterrupt) and not isinstance(
+        interrupt, pytest.Session.Interrupted
+    )
+    if by_user or (code == pytest.ExitCode.INTERRUPTED and interrupt is None):
+        return EXIT_FORCED
+    if code == pytest.ExitCode.OK:
+        return EXIT_OK
+    if code == pytest.ExitCode.TESTS_FAILED:
+        return EXIT_VERIFY_FAILED
+    if code == pytest.ExitCode.USAGE_ERROR:
+        raise BadInput("pytest refused the arguments (see its message above)")
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        raise BadInput("no check ran: the pytest arguments deselected every check")
+    if isinstance(interrupt, pytest.Session.Interrupted):
+        # most often "N errors during collection": a check module that does not import,
+        # a host whose record could not be read while collecting
+        raise SockactError(f"pytest stopped the run: {interrupt} (its errors above)")
+    return EXIT_INTERNAL
 
 
 def _resolve_hosts(args: argparse.Namespace) -> list[Any]:
     import testinfra
 
-    specs = [f"ansible://{part.strip()}" for part in args.hosts.split(",")]
     try:
-        hosts: list[Any] = testinfra.get_hosts(specs, ansible_inventory=args.inventory)
+        hosts: list[Any] = testinfra.get_hosts(
+            host_specs(args.hosts), ansible_inventory=args.inventory
+        )
     except (AssertionError, RuntimeError) as exc:  # ansible-inventory failed, or parsed nothing
         last = str(exc).strip().splitlines()[-1:] or ["(no message)"]
         raise BadInput(f"--inventory {args.inventory}: cannot read it: {last[0]}") from exc
@@ -129,6 +173,7 @@ def _resolve_hosts(args: argparse.Namespace) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    host_specs(args.hosts)  # bad input first, before anything runs
     missing = _missing_extra()
     if missing:
         raise MissingExtra(
@@ -148,17 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
     outcome = _Outcome()
     code = pytest.main(pytest_args(args), plugins=[outcome])
-    if outcome.interrupted:
-        return EXIT_FORCED
-    if code == pytest.ExitCode.OK:
-        return EXIT_OK
-    if code == pytest.ExitCode.TESTS_FAILED:
-        return EXIT_VERIFY_FAILED
-    if code == pytest.ExitCode.USAGE_ERROR:
-        raise BadInput("pytest refused the arguments (see its message above)")
-    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
-        raise BadInput("no check ran: the pytest arguments deselected every check")
-    return EXIT_INTERNAL
+    return exit_code(code, outcome.interrupt)
 
 
 def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,6 +11,7 @@ Pure functions of text: no pytest, no testinfra, no host (the checks fetch the t
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import re
 import tomllib
@@ -174,6 +175,31 @@ def without_ssh_noise(text: str) -> str:
     return "\n".join(line for line in lines if not _SSH_NOISE.match(line.strip())).strip()
 
 
+#: what ``stat`` prints for a path that does not exist (it runs with ``LC_ALL=C``)
+_STAT_MISSING = "No such file or directory"
+
+
+def parse_stat(stdout: str, stderr: str) -> tuple[dict[str, tuple[str, str, int]], list[str]]:
+    """The output of ``LC_ALL=C stat -c '%n|%U|%G|%a' -- PATH...``: path -> (owner, group,
+    mode) of each path that exists, and stat's complaints about the paths it could not read
+    (a check that cannot look must fail, not pass). A path that does not exist is no
+    complaint (the caller knows which must exist). Only stat's own lines count: the same
+    stderr carries ssh's warnings ("Warning: Permanently added ... to the list of known
+    hosts.", once per connection without a known_hosts file), sudo's, a login script's.
+    """
+    found = {}
+    for line in stdout.splitlines():
+        parts = line.rsplit("|", 3)
+        if len(parts) == 4 and re.fullmatch(r"[0-7]{3,4}", parts[3]):
+            found[parts[0]] = (parts[1], parts[2], int(parts[3], 8))
+    unreadable = [
+        line.strip()
+        for line in stderr.splitlines()
+        if line.startswith("stat:") and _STAT_MISSING not in line
+    ]
+    return found, unreadable
+
+
 _USERS_RE = re.compile(r'\("([^"]*)",pid=(\d+),fd=(\d+)\)')
 
 
@@ -200,6 +226,21 @@ def parse_listeners(ss_output: str) -> list[Listener]:
         holders = tuple((comm, int(pid), int(fd)) for comm, pid, fd in _USERS_RE.findall(line))
         found.append(Listener(fields[3], holders))
     return found
+
+
+def is_loopback(local: str) -> bool:
+    """Whether ``ss``'s local address (``127.0.0.1:9001``, ``[::1]:9001``, with an interface
+    scope ``[::1]%lo:9001`` when the socket is bound to a device, ``*:9001``) is a loopback
+    address; a wildcard or a name is not."""
+    address = local.rpartition(":")[0] if ":" in local else local
+    address = address.partition("%")[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 _EXPOSURE_RE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
