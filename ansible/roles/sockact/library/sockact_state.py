@@ -96,7 +96,9 @@ options:
 
 RETURN = r"""
 state:
-  description: record, intent, releases, units (per instance), enabled instances.
+  description: record, intent, releases, units (per instance: unit state, enablement,
+    ready, digest, link, config_ok and env_ok, whether its settings and environment files,
+    or its environment file alone, are what this run writes), enabled instances.
   type: dict
   returned: always
 plan:
@@ -701,13 +703,11 @@ def read_state(
                 u["check_body"] = str(doc.get("body", doc))[:300]
         want = expected_config.get(str(i))
         if want is not None:
-            got = " ".join(
-                (
-                    _sha1(os.path.join(layout["instance_config_dir"], f"{i}.toml")),
-                    _sha1(os.path.join(layout["instance_config_dir"], f"{i}.env")),
-                )
-            )
-            u["config_ok"] = got == want
+            toml = _sha1(os.path.join(layout["instance_config_dir"], f"{i}.toml"))
+            env = _sha1(os.path.join(layout["instance_config_dir"], f"{i}.env"))
+            u["config_ok"] = f"{toml} {env}" == want
+            # yes/no only: the checksum of the environment never leaves this module
+            u["env_ok"] = env == [*want.split(), "", ""][1]
         units[i] = u
     return {
         "record": _read_json(layout["deploy_record"]),
