@@ -361,7 +361,17 @@ def test_an_interrupted_canary_is_not_carried_over_to_other_environment_files() 
     config = state.config_id(CONFIG, [101, 102])
     intent = {"to": {"release": TARGET, "config": config}, "canary": {"state": "passed"}}
     other_env = {**u, 101: {**u[101], "config_ok": False}}
-    args = (BLUE_OLD, intent, [1, 2], 2, OFFSETS, layout.MAX_PER_COLOR, TARGET, {}, CONFIG)
+    args: tuple[Any, ...] = (
+        BLUE_OLD,
+        intent,
+        [1, 2],
+        2,
+        OFFSETS,
+        layout.MAX_PER_COLOR,
+        TARGET,
+        {},
+        CONFIG,
+    )
     assert state.plan(u, *args)["canary_prior"] == "passed"
     assert state.plan(other_env, *args)["canary_prior"] is None
 
