@@ -17,6 +17,7 @@ cleanly (exit 0, unit not failed).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -157,9 +158,17 @@ def test_v1_then_v2_under_load_without_a_failed_request(
 def test_deploy_in_check_mode_changes_nothing_and_says_what_it_would_do(
     provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
 ) -> None:
+    """v3 with another app environment, in check mode with --diff: the plan line, and the
+    files the switch would change (blue's settings and links, the scrape targets, the
+    record as diffs; blue's environment files by name only); nothing changes."""
     before = {h.name: snapshot(h) for h in hosts}
+    env = {"API_TOKEN": SECRET, "DEMO_NOTE": f"{SECRET}-2"}
     run = playbook(
-        "deploy.yml", provisioned, {**deploy_vars, **rel["v3"]["vars"]}, "--check", "--diff"
+        "deploy.yml",
+        provisioned,
+        {**deploy_vars, **rel["v3"]["vars"], "sockact_app_env": env},
+        "--check",
+        "--diff",
     )
     assert run.rc == 0, run.tail()
     v2, v3 = rel["v2"]["short"], rel["v3"]["short"]
@@ -168,6 +177,19 @@ def test_deploy_in_check_mode_changes_nothing_and_says_what_it_would_do(
         plan = f"{h.name}: green (v2 {v2}, 2/2 ready) -> blue (v3 {v3}, 2 instances): switch"
         assert plan in run.text, run.tail(200)
         assert snapshot(h) == before[h.name], h.name
+    for path in (
+        *(HOST_LAYOUT.instance_config(i) for i in BLUE),
+        *(HOST_LAYOUT.instance_link(i) for i in BLUE),
+        HOST_LAYOUT.prometheus_targets,
+        HOST_LAYOUT.deploy_record,
+    ):
+        assert f"+++ after: {path}" in run.output, (path, run.tail(300))
+    assert f"# api@{BLUE[0]}, release v3 ({v3})." in run.output, run.tail(300)
+    assert f"+-> {rel['v3']['dir']}" in run.output, run.tail(300)
+    envs = ", ".join(HOST_LAYOUT.instance_env(i) for i in BLUE)
+    for h in hosts:
+        line = f"{h.name}: would write {envs} (the app environment: content not shown)"
+        assert line in run.text, run.tail(300)
     assert SECRET not in run.output
 
 
@@ -227,9 +249,16 @@ def test_a_broken_config_is_rolled_back_and_v2_keeps_serving(
 def test_second_deploy_of_the_same_release_changes_nothing(
     provisioned: Path, hosts: list[Host], deploy_vars: dict[str, Any], rel: dict[str, Any]
 ) -> None:
+    """Also at -vvv (every module's arguments and results): neither the app's environment
+    nor its checksum shows (the role compares the .env files' checksums on the host)."""
     pids_before = {h.name: main_pids(h, GREEN) for h in hosts}
-    run = playbook("deploy.yml", provisioned, {**deploy_vars, **rel["v2"]["vars"]})
+    run = playbook("deploy.yml", provisioned, {**deploy_vars, **rel["v2"]["vars"]}, "-vvv")
     assert run.rc == 0, run.tail()
+    assert SECRET not in run.output
+    for h in hosts:
+        env = h.run("cat", HOST_LAYOUT.instance_env(GREEN[0])).stdout.encode()
+        for digest in (hashlib.sha1(env).hexdigest(), hashlib.sha256(env).hexdigest()):
+            assert digest not in run.output, f"the checksum of {h.name}'s .env shows at -vvv"
     print(f"PLAY RECAP of a second v2 deploy: {run.recap}")
     assert set(run.recap) == {h.name for h in hosts}, run.tail()
     assert all(r["changed"] == 0 for r in run.recap.values()), run.tail(200)

@@ -15,6 +15,8 @@ that host, so no install happens while the clock runs:
   instance exited cleanly.
 * a record naming the color that does not serve (the state of issue 10's outage): the
   deploy must not stop the serving color first.
+* killed before or once the record named the new color, then a re-run whose canary fails:
+  the abort leaves the old color serving, recorded and enabled (never the stopped one).
 * reboot (a real one: systemctl reboot in the host, which the lab boots again): killed once
   the new color started (not enabled, not recorded) and killed once the record is written
   (enablement flipped, old color still running); after the boot exactly the recorded color
@@ -197,6 +199,56 @@ def test_a_record_naming_the_stopped_color_does_not_stop_the_serving_one(
     after = assert_converged(h, rel[target]["digest"])
     assert after["instances"] == lie["instances"], after
     assert stop_problems(h, serving, since) == [], diagnose([h])
+
+
+#: a canary that cannot pass (no host answers that many requests in 2 s): it fails closed
+LOSING_CANARY = {"sockact_canary_seconds": 2, "sockact_canary_min_requests": 10**9}
+
+
+@pytest.mark.parametrize(
+    ("point", "banner"),
+    [
+        ("before the record", "Write the deploy record naming"),
+        ("once the record is written", "Stop the old color"),
+    ],
+)
+def test_a_rerun_that_loses_its_canary_leaves_the_old_color_serving_and_recorded(
+    ready: Path,
+    hosts: list[Host],
+    base_vars: dict[str, Any],
+    rel: dict[str, Any],
+    point: str,
+    banner: str,
+) -> None:
+    """Killed before or after the record named the new color; the re-run (a finish: both
+    colors ready) runs a canary that fails and aborts. After the abort exactly one color
+    serves -- the old one, never stopped -- and the record and the enablement name it,
+    whatever the killed run had recorded (the record naming the new color is set back)."""
+    h = hosts[0]
+    before = record(h)
+    old_color, old_instances = before["color"], before["instances"]
+    new_instances = GREEN if old_color == "blue" else BLUE
+    target = _other(before["release"]["label"])
+    extra = {**base_vars, **rel[target]["vars"]}
+    since = host_now(h)
+    probe = start_probe([h], LIGHT)
+    try:
+        killed = playbook_killed("deploy.yml", ready, extra, banner, "--limit", h.name)
+        state = _at_kill(h)
+        rerun = playbook("deploy.yml", ready, {**extra, **LOSING_CANARY}, "--limit", h.name)
+    finally:
+        report = probe.stop()
+    line = figures(f"canary lost after a kill {point} on {h.name}", report)
+    print(f"  at the kill: {state}; killed run rc={killed.rc}, re-run rc={rerun.rc}")
+    assert rerun.rc != 0, rerun.tail(100)
+    assert "lost the canary" in rerun.text, rerun.tail(100)
+    recorded = "names" if "once" in point else "unchanged"
+    assert f"{HOST_LAYOUT.deploy_record} {recorded}" in rerun.text, rerun.tail(100)
+    assert_load_ok(report, line)
+    rec = assert_converged(h, before["release"]["digest"])
+    assert (rec["color"], rec["instances"]) == (old_color, old_instances), rec
+    assert rec["release"]["dir"] == before["release"]["dir"], rec
+    assert stop_problems(h, new_instances, since) == [], diagnose([h])
 
 
 def _assert_boot_matches_record(h: Host) -> dict[str, Any]:

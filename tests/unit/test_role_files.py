@@ -61,3 +61,22 @@ def test_check_mode_writes_nothing_and_diff_hides_secret_files(tmp_path: Path) -
     assert secret.read_text() == 'TOKEN="hunter2"\n'
     gone = run(tmp_path, {"absent": [str(secret)]})
     assert gone["changed_paths"] == [str(secret)] and not secret.exists()
+
+
+def test_check_mode_diff_shows_where_a_link_would_point(tmp_path: Path) -> None:
+    """--check --diff of a switch reports the instance links it would repoint."""
+    link, fresh = tmp_path / "101", tmp_path / "102"
+    os.symlink("/opt/api/releases/v2", link)
+    args = {
+        "links": [
+            {"path": str(link), "src": "/opt/api/releases/v3"},
+            {"path": str(fresh), "src": "/opt/api/releases/v3"},
+        ]
+    }
+    result = run(tmp_path, args, check_mode=True, diff=True)
+    assert result["changed_paths"] == [str(link), str(fresh)]
+    assert [(d["before"], d["after"]) for d in result["diff"]] == [
+        ("-> /opt/api/releases/v2\n", "-> /opt/api/releases/v3\n"),
+        ("", "-> /opt/api/releases/v3\n"),
+    ]
+    assert os.readlink(link) == "/opt/api/releases/v2" and not os.path.lexists(fresh)

@@ -244,6 +244,138 @@ def test_file_sd_lists_both_colors_during_the_overlap_then_the_one_that_runs() -
     assert sd["aborted"] == []
 
 
+# --------------------------------------------------------------------------- abort
+
+V1_DIR = "/opt/api/releases/v1-aaaaaaaaaaaa"
+RELEASES = [
+    {"dir": V1_DIR, "label": "v1", "digest": OLD, "wheels": ["a.whl"], "complete": True},
+    {**TARGET, "wheels": ["b.whl"], "complete": True},
+]
+#: what the interrupted run wrote: green named, v1 as the previous release
+GREEN_RECORDED = {
+    **GREEN_NEW,
+    "previous": BLUE_OLD["release"],
+    "listen": "reuseport",
+    "port": 8080,
+}
+
+
+def linked(u: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Blue's links point at v1, green's at the target."""
+    for i, unit in u.items():
+        unit["link"] = V1_DIR if i < 100 else TARGET["dir"]
+    return u
+
+
+def full_plan(
+    u: dict[int, dict[str, Any]], record: dict[str, Any], enabled: list[int]
+) -> dict[str, Any]:
+    result: dict[str, Any] = state.plan(
+        u, record, {}, enabled, 2, OFFSETS, layout.MAX_PER_COLOR, TARGET, {}, CONFIG, RELEASES
+    )
+    return result
+
+
+@pytest.mark.parametrize(
+    "enabled", [[101, 102], [1, 2]], ids=["killed after the flip", "killed before the flip"]
+)
+def test_an_abort_of_a_finish_that_finds_the_new_color_recorded_names_the_old_again(
+    enabled: list[int],
+) -> None:
+    """Killed once the record named green, before blue stopped; the re-run's verify or
+    canary fails: green stops, so the record and the enablement must name blue again
+    (blue's release from its links), or they would name a stopped color."""
+    u = linked(units(blue=("active", OLD, 2), green=("active", NEW, 2)))
+    p = full_plan(u, GREEN_RECORDED, enabled)
+    assert (p["action"], p["old"], p["new"]) == ("finish", "blue", "green")
+    abort = p["abort"]
+    assert abort["stops"] is True
+    assert abort["record"] == {
+        "color": "blue",
+        "instances": [1, 2],
+        "release": {"label": "v1", "digest": OLD, "dir": V1_DIR, "wheels": ["a.whl"]},
+        "previous": TARGET,
+        "listen": "reuseport",
+        "port": 8080,
+    }
+    assert (abort["enable"], abort["disable"]) == (
+        ([1, 2], [101, 102]) if enabled == [101, 102] else ([], [])
+    )
+
+
+def test_an_abort_of_a_finish_that_finds_the_old_color_recorded_changes_no_record() -> None:
+    u = linked(units(blue=("active", OLD, 2), green=("active", NEW, 2)))
+    p = full_plan(u, BLUE_OLD, [1, 2])
+    assert p["action"] == "finish"
+    assert p["abort"] == {"stops": True, "record": None, "enable": [], "disable": []}
+
+
+def test_an_abort_of_a_switch_under_a_record_naming_the_new_color_names_the_serving_one() -> None:
+    """Issue 10's state (the record names green, blue serves) and the switch to green
+    fails: green stops, the record names blue, the color that serves."""
+    u = linked(units(blue=("active", OLD, 2), green=("inactive", None, 0)))
+    lie = {**GREEN_RECORDED, "release": BLUE_OLD["release"], "previous": None}
+    p = full_plan(u, lie, [101, 102])
+    assert (p["action"], p["old"], p["new"]) == ("switch", "blue", "green")
+    abort = p["abort"]
+    assert abort["stops"] is True
+    assert abort["record"]["color"] == "blue" and abort["record"]["release"]["dir"] == V1_DIR
+    assert (abort["enable"], abort["disable"]) == ([1, 2], [101, 102])
+
+
+def test_a_new_color_that_alone_serves_is_kept_and_becomes_the_enabled_one() -> None:
+    """The old color runs but answers no /ready (it drains): the recorded new color is
+    all that serves, so an abort keeps it, and the enablement follows the record."""
+    u = linked(units(blue=("deactivating", OLD, 0), green=("active", NEW, 2)))
+    p = full_plan(u, GREEN_RECORDED, [1, 2])
+    assert p["action"] == "finish"
+    assert p["abort"] == {"stops": False, "record": None, "enable": [101, 102], "disable": [1, 2]}
+
+
+def test_the_release_of_a_color_comes_from_its_links_then_its_digest() -> None:
+    u = linked(units(blue=("active", OLD, 2), green=("inactive", None, 0)))
+    assert state.release_of(u, [1, 2], RELEASES)["dir"] == V1_DIR
+    # the same content under two labels: the link decides
+    relabelled = {**RELEASES[0], "dir": "/opt/api/releases/v1b-aaaaaaaaaaaa", "label": "v1b"}
+    assert state.release_of(u, [1, 2], [relabelled, *RELEASES])["label"] == "v1"
+    unlinked = {i: {**x, "link": None} for i, x in u.items()}
+    assert state.release_of(unlinked, [1, 2], RELEASES)["dir"] == V1_DIR
+    assert state.release_of(unlinked, [1, 2], RELEASES[1:]) is None
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_the_config_id_never_depends_on_the_app_environment() -> None:
+    """The id is shown (-v) and written to the intent: the .env checksum (a secret's
+    digest) must not go into it; the settings' checksums do."""
+    ident = state.config_id(CONFIG, [101, 102])
+    assert state.config_id({**CONFIG, "101": "b e2"}, [101, 102]) == ident
+    assert state.config_id({**CONFIG, "101": "t2 b"}, [101, 102]) != ident
+
+
+def test_an_interrupted_canary_is_not_carried_over_to_other_environment_files() -> None:
+    """Without the .env in the id, the units say whether the environment files on the
+    host are this run's: an interrupted canary of another environment is not this one's."""
+    u = units(blue=("active", OLD, 2), green=("active", NEW, 2))
+    config = state.config_id(CONFIG, [101, 102])
+    intent = {"to": {"release": TARGET, "config": config}, "canary": {"state": "passed"}}
+    other_env = {**u, 101: {**u[101], "config_ok": False}}
+    args: tuple[Any, ...] = (
+        BLUE_OLD,
+        intent,
+        [1, 2],
+        2,
+        OFFSETS,
+        layout.MAX_PER_COLOR,
+        TARGET,
+        {},
+        CONFIG,
+    )
+    assert state.plan(u, *args)["canary_prior"] == "passed"
+    assert state.plan(other_env, *args)["canary_prior"] is None
+
+
 def test_step_times_of_the_switch_line() -> None:
     """The role's 'Say how long the switch took' line (filter_plugins/sockact_switch.py)."""
     spec = importlib.util.spec_from_file_location(

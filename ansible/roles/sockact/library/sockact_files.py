@@ -7,7 +7,8 @@ each one as a file (a round trip and an sftp session per file). This writes them
 the module's arguments (pipelined with the module itself): each file to a temporary
 name in its directory, flushed, moved over the old one, so that a crash leaves the old
 file or the new one, never half of one. Check mode reports what would change; ``--diff``
-shows the change of ``files`` but never of ``secret_files`` (not logged either).
+shows the change of ``files`` and ``links`` (a link as ``-> target``), never of
+``secret_files`` (not logged either).
 """
 
 from __future__ import annotations
@@ -143,6 +144,15 @@ def main() -> None:
             if os.path.islink(path) and os.readlink(path) == src:
                 continue
             changed.append(path)
+            before = os.readlink(path) if os.path.islink(path) else ""
+            diffs.append(
+                {
+                    "before_header": path,
+                    "after_header": path,
+                    "before": f"-> {before}\n" if before else "",
+                    "after": f"-> {src}\n",
+                }
+            )
             if not module.check_mode:
                 _link(path, src)
         for path in p["absent"]:

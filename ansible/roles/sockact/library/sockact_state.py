@@ -17,7 +17,16 @@ would write. The plan comes from that real state, never from the record alone:
   stopped first, which is safe because they serve less than the old color does.
 
 A color is only ever stopped by the role after the other one is ready and verified, so
-the only color that serves is never stopped.
+the only color that serves is never stopped. The plan also says what a failure of the new
+color (start, verify, canary) does (``abort``): it stops the new color only while the old
+one serves, and then makes the record and the enablement name the old color again when
+they name the new one (a re-run of a run killed after its record), so that after an abort
+exactly one color serves and record, enablement and units agree.
+
+The app's environment (``.env``) may hold secrets: its checksum comes in O(expected_config)
+(a ``no_log`` option) and leaves this module only as the yes/no of ``config_ok``; the
+``config_id`` of the plan (written to the intent, shown with ``-v``) is made of the
+settings files' checksums alone.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ options:
     type: dict
   expected_config:
     description: Per instance, C("<sha1 of .toml> <sha1 of .env>") this run would write.
+      Never logged (the .env may hold secrets).
     type: dict
   check:
     description: Instances whose admin /check (one request to the app) is also read.
@@ -86,14 +96,19 @@ options:
 
 RETURN = r"""
 state:
-  description: record, intent, releases, units (per instance), enabled instances.
+  description: record, intent, releases, units (per instance: unit state, enablement,
+    ready, digest, link, config_ok and env_ok, whether its settings and environment files,
+    or its environment file alone, are what this run writes), enabled instances.
   type: dict
   returned: always
 plan:
   description: action (none, finish, switch), old and new color, what to start and stop,
-    the new color's instances, the id of the new color's config (config_id), the canary
-    state an interrupted run of the same target left in its intent (canary_prior:
-    pending, passed, failed or null) and the old color's ready instances (canary_old).
+    the new color's instances, the id of the new color's settings (config_id: their
+    .toml files, never the .env), the canary state an interrupted run of the same target
+    left in its intent (canary_prior: pending, passed, failed or null), the old color's
+    ready instances (canary_old) and what a failure of the new color does (abort: stops,
+    whether the new color is stopped; enable and disable, the enablement flip back;
+    record, the record to write first, naming the old color, or null).
   type: dict
   returned: when target is given
 targets:
@@ -154,16 +169,29 @@ def _short(release: dict[str, Any] | None) -> str:
 
 
 def config_id(expected_config: dict[str, str], instances: list[int]) -> str:
-    """One id for the config files this run writes for ``instances`` (the new color)."""
-    mine = {str(i): expected_config.get(str(i), "") for i in instances}
+    """One id for the settings files this run writes for ``instances`` (the new color):
+    their ``.toml`` checksums only. The ``.env`` checksum (the second word of each
+    ``expected_config`` value) stays out: the id is shown and written to the intent, and
+    the environment may hold secrets; whether the ``.env`` files are this run's is the
+    units' ``config_ok`` (see :func:`canary_prior`)."""
+    mine = {str(i): (expected_config.get(str(i), "").split() or [""])[0] for i in instances}
     return hashlib.sha1(
         json.dumps(mine, sort_keys=True).encode(), usedforsecurity=False
     ).hexdigest()
 
 
-def canary_prior(intent: dict[str, Any], target: dict[str, Any], config: str) -> str | None:
+def canary_prior(
+    intent: dict[str, Any],
+    target: dict[str, Any],
+    config: str,
+    new_units: list[dict[str, Any]] | None = None,
+) -> str | None:
     """The canary state (pending, passed, failed) that the intent of an interrupted run
-    left for this same target (release and config), or None."""
+    left for this same target (release, settings in ``config``, and the environment files
+    on the host being this run's: no unit of ``new_units`` with ``config_ok`` False), or
+    None."""
+    if any(u.get("config_ok") is False for u in new_units or []):
+        return None
     to = intent.get("to") or {}
     if (to.get("release") or {}).get("digest") != target.get("digest"):
         return None
@@ -184,11 +212,13 @@ def plan(
     target: dict[str, Any],
     labels: dict[str, str] | None = None,
     expected_config: dict[str, str] | None = None,
+    releases: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What to do next, from the real state of the units (see the module docstring).
 
-    ``units[i]`` has ``active_state``, ``ready`` (bool), ``digest`` (str or None) and
-    ``config_ok`` (bool or None: None when not checked).
+    ``units[i]`` has ``active_state``, ``ready`` (bool), ``digest`` (str or None),
+    ``config_ok`` (bool or None: None when not checked) and ``link`` (the release dir its
+    instance link points at, or None); ``releases`` the installed ones (:func:`_releases`).
     """
     decided = _plan(
         units, record, intent, enabled, count, offsets, max_per_color, target, labels or {}
@@ -196,13 +226,91 @@ def plan(
     new, old = decided["new"], decided["old"]
     decided["instances"] = instances_of(new, count, offsets)
     decided["config_id"] = config_id(expected_config or {}, decided["instances"])
-    decided["canary_prior"] = canary_prior(intent, target, decided["config_id"])
+    decided["canary_prior"] = canary_prior(
+        intent, target, decided["config_id"], [units.get(i, {}) for i in decided["instances"]]
+    )
     decided["canary_old"] = (
         [i for i in instances_of(old, count, offsets) if units.get(i, {}).get("ready")]
         if old
         else []
     )
+    decided["abort"] = abort_plan(units, record, decided, enabled, count, offsets, releases or [])
     return decided
+
+
+def release_of(
+    units: dict[int, dict[str, Any]], instances: list[int], releases: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The installed release that ``instances`` run, as a record names one (label, digest,
+    dir, wheels): from their instance links (ready instances first), checked against the
+    digest they report; else the first complete release of a reported digest."""
+    complete = [r for r in releases if r.get("complete")]
+    mine = [
+        units.get(i, {}) for i in sorted(instances, key=lambda i: not units.get(i, {}).get("ready"))
+    ]
+    by_link = [
+        r
+        for u in mine
+        for r in complete
+        if r["dir"] == u.get("link") and u.get("digest") in (None, r.get("digest"))
+    ]
+    by_digest = [
+        r for u in mine for r in complete if u.get("digest") and r.get("digest") == u["digest"]
+    ]
+    for r in by_link + by_digest:
+        return {k: r.get(k) for k in ("label", "digest", "dir", "wheels")}
+    return None
+
+
+def abort_plan(
+    units: dict[int, dict[str, Any]],
+    record: dict[str, Any],
+    decided: dict[str, Any],
+    enabled: list[int],
+    count: int,
+    offsets: dict[str, int],
+    releases: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What a failure of the new color (start, verify, canary) does, so that afterwards
+    exactly one color serves and the record, the enablement and the units agree.
+
+    The new color is stopped unless it is all that serves: in a ``switch`` (it was started
+    by this run and never served alone), or when an instance of what runs besides it is
+    ready. Then the old color is the one that stays, and when the record names another
+    color (a ``finish`` after a run killed once its record was written) it is rewritten
+    naming the old color and the release its instances run (``previous``: the release the
+    record named, as after a rollback), and the old color is enabled again, the others
+    disabled: ``record`` (without listen, port, deployed_at: the role adds them),
+    ``enable``, ``disable``. A new color left running (nothing else serves) keeps a record
+    that names it, and is then the enabled color.
+    """
+    new, old = decided["new"], decided["old"]
+    stops = decided["action"] == "switch" or any(
+        units.get(i, {}).get("ready") for i in decided["stop_after"]
+    )
+    rec_color = record.get("color")
+    out: dict[str, Any] = {"stops": stops, "record": None, "enable": [], "disable": []}
+    keep = old if stops else new if rec_color == new else None
+    if keep is None:
+        return out
+    want = instances_of(keep, count, offsets)
+    out["enable"] = [i for i in want if i not in enabled]
+    out["disable"] = sorted(i for i in enabled if i not in want)
+    if stops and rec_color != keep:
+        release = release_of(units, want, releases)
+        if release is not None:
+            before = record.get("release") or {}
+            previous = (
+                record.get("previous") if before.get("digest") == release["digest"] else before
+            )
+            out["record"] = {
+                "color": keep,
+                "instances": want,
+                "release": release,
+                "previous": previous or None,
+                **{k: record[k] for k in ("listen", "port") if k in record},
+            }
+    return out
 
 
 def _plan(
@@ -595,13 +703,11 @@ def read_state(
                 u["check_body"] = str(doc.get("body", doc))[:300]
         want = expected_config.get(str(i))
         if want is not None:
-            got = " ".join(
-                (
-                    _sha1(os.path.join(layout["instance_config_dir"], f"{i}.toml")),
-                    _sha1(os.path.join(layout["instance_config_dir"], f"{i}.env")),
-                )
-            )
-            u["config_ok"] = got == want
+            toml = _sha1(os.path.join(layout["instance_config_dir"], f"{i}.toml"))
+            env = _sha1(os.path.join(layout["instance_config_dir"], f"{i}.env"))
+            u["config_ok"] = f"{toml} {env}" == want
+            # yes/no only: the checksum of the environment never leaves this module
+            u["env_ok"] = env == [*want.split(), "", ""][1]
         units[i] = u
     return {
         "record": _read_json(layout["deploy_record"]),
@@ -621,7 +727,8 @@ def main() -> None:
             "count": {"type": "int", "required": True},
             "admin_host": {"type": "str", "default": "127.0.0.1"},
             "target": {"type": "dict"},
-            "expected_config": {"type": "dict", "default": {}},
+            # per instance "<sha1 .toml> <sha1 .env>": the .env may hold secrets
+            "expected_config": {"type": "dict", "default": {}, "no_log": True},
             "keep": {"type": "int", "default": 0},
             "check": {"type": "list", "elements": "int", "default": []},
             "expect_digest": {"type": "str"},
@@ -652,6 +759,7 @@ def main() -> None:
             p["target"],
             labels,
             p["expected_config"] or {},
+            state["releases"],
         )
         # where the role reaches each instance's admin server (the canary's addresses)
         address = f"[{p['admin_host']}]" if ":" in p["admin_host"] else p["admin_host"]
