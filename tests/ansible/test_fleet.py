@@ -55,6 +55,7 @@ from tests.ansible.playbooks import (
     assert_converged,
     assert_load_ok,
     diagnose,
+    enabled_instances,
     figures,
     main_pids,
     playbook,
@@ -442,6 +443,70 @@ def test_a_killed_canary_never_promotes_the_bad_release(
         assert f"the canary of an interrupted run found {new_color} (v3) worse" in rerun.text
     assert f"rolled back: {new_color} stopped" in rerun.text, rerun.tail()
     assert (record(h), main_pids(h, old)) == (rec, pids)
+    assert_converged(h, rec["release"]["digest"])
+    assert stop_problems(h, new, since) == [], diagnose([h])
+    assert {k for k, n in report.failures.items() if n} <= {"http_5xx"}, report.format_table()
+
+
+@pytest.mark.parametrize(
+    ("point", "banner", "intent_says"),
+    [
+        ("while the canary compares", "Run the canary", "pending"),
+        ("once its verdict is recorded", "Fail when the new color is worse", "failed"),
+    ],
+)
+def test_a_killed_canary_with_no_old_color_to_compare_keeps_its_state(
+    fleet: Path,
+    hosts: list[Host],
+    deploy_vars: dict[str, Any],
+    rel: dict[str, Any],
+    point: str,
+    banner: str,
+    intent_says: str,
+) -> None:
+    """Killed during the canary or after its verdict, and the old color is gone when the
+    re-run comes (here stopped by hand; on a loaded host its /ready may just not answer):
+    nothing can be compared, and the new color may be all that serves. The re-run must
+    neither promote the new color nor forget what its canary owes: the intent keeps the
+    canary's state, so that a later run, even with the canary turned off, never promotes
+    the release that did not pass. Once the old color is back, that later run rolls back."""
+    h = hosts[0]
+    rec = record(h)
+    old = rec["instances"]
+    new = GREEN if old == BLUE else BLUE
+    new_color = "green" if new == GREEN else "blue"
+    bad = {**deploy_vars, **rel["v3"]["vars"], "sockact_app_env": BAD_ENV}
+    probe = Probe(probe_targets([h]), keepalive_clients=2, new_conn_clients=2, pause=CANARY_PAUSE)
+    probe.start()
+    try:
+        wait = (lambda: time.sleep(3)) if intent_says == "pending" else None
+        playbook_killed("deploy.yml", fleet, bad, banner, "--limit", h.name, then=wait)
+    finally:
+        probe.stop()
+    units_old = [HOST_LAYOUT.instance_unit(i) for i in old]
+    h.run("systemctl", "stop", *units_old)
+    rerun = playbook("deploy.yml", fleet, bad, "--limit", h.name)
+    intent = json.loads(h.run("cat", HOST_LAYOUT.deploy_intent, check=False).stdout or "{}")
+    say(f"killed {point}, old color stopped, re-run rc={rerun.rc}; intent: {intent.get('canary')}")
+    assert rerun.rc != 0, rerun.tail(100)
+    assert record(h) == rec, "the record must still name the old color"
+    assert enabled_instances(h) == old, enabled_instances(h)
+    assert running_instances(h) == new, running_instances(h)
+    assert (intent.get("canary") or {}).get("state") == intent_says, (intent, rerun.tail(60))
+    # the old color comes back; a later run with the canary off still never promotes v3
+    h.run("systemctl", "start", *units_old)
+    since = host_now(h)
+    later = {**bad, "sockact_canary_seconds": 0}
+    probe = Probe(probe_targets([h]), keepalive_clients=2, new_conn_clients=2, pause=CANARY_PAUSE)
+    probe.start()
+    try:
+        final = playbook("deploy.yml", fleet, later, "--limit", h.name)
+    finally:
+        report = probe.stop()
+    figures(f"killed {point}, old color stopped and started again, a later run", report)
+    assert final.rc != 0, final.tail(100)
+    assert f"rolled back: {new_color} stopped" in final.text, final.tail(100)
+    assert record(h) == rec
     assert_converged(h, rec["release"]["digest"])
     assert stop_problems(h, new, since) == [], diagnose([h])
     assert {k for k, n in report.failures.items() if n} <= {"http_5xx"}, report.format_table()
