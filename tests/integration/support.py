@@ -198,6 +198,18 @@ class RawConn:
         self.sock.close()
 
 
+# -- processes -------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (exists and is not a zombie: /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 # -- sd_notify receiver ----------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sockact import errors
-from tests.integration.support import PYTHON, ROOT, SOCKACT, ServeFactory
+from tests.integration.support import PYTHON, ROOT, SOCKACT, ServeFactory, alive
 
 #: the command: records its pid and its child's, then the first stop signal it gets;
 #: with "stubborn" it ignores SIGTERM (only SIGKILL ends it)
@@ -43,15 +43,6 @@ print("TASK [sockact : Switch] ****", flush=True)
 while True:
     time.sleep(0.05)
 """
-
-
-def alive(pid: int) -> bool:
-    """``pid`` runs (not a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass

@@ -16,14 +16,7 @@ from pathlib import Path
 import pytest
 
 from sockact.controller.child import Stops, run_command
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+from tests.integration.support import alive
 
 
 def test_a_failing_tick_stops_the_command_before_the_error_goes_on(tmp_path: Path) -> None:
