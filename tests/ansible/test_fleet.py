@@ -35,6 +35,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ from tests.ansible.playbooks import (
     record,
     running_instances,
     say,
+    units,
 )
 from tests.system.hostsetup import host_now, stop_problems
 
@@ -382,13 +384,28 @@ def test_a_release_bad_only_under_load_is_rolled_back_by_the_canary_host_alone(
     assert outside == [], f"failed outside {exposure}: {outside}"
 
 
-@pytest.mark.parametrize(
-    ("point", "banner", "intent_says"),
-    [
-        ("while the canary compares", "Run the canary", "pending"),
-        ("once its verdict is recorded", "Fail when the new color is worse", "failed"),
-    ],
-)
+#: (name, banner of the task the kill comes at, the canary's state in the intent then)
+CANARY_KILL_POINTS = [
+    ("while the canary compares", "Run the canary", "pending"),
+    ("once its verdict is recorded", "Fail when the new color is worse", "failed"),
+]
+
+
+def old_and_new(h: Host) -> tuple[dict[str, Any], list[int], list[int], str]:
+    """The record, the old color's instances, the new color's instances and its name."""
+    rec = record(h)
+    old = rec["instances"]
+    new = GREEN if old == BLUE else BLUE
+    return rec, old, new, "green" if new == GREEN else "blue"
+
+
+def canary_kill_wait(intent_says: str) -> Callable[[], None] | None:
+    """What to wait for after the banner before the kill: a few seconds into the canary's
+    window, or nothing (right after the verdict was written)."""
+    return (lambda: time.sleep(3)) if intent_says == "pending" else None
+
+
+@pytest.mark.parametrize(("point", "banner", "intent_says"), CANARY_KILL_POINTS)
 def test_a_killed_canary_never_promotes_the_bad_release(
     fleet: Path,
     hosts: list[Host],
@@ -404,10 +421,7 @@ def test_a_killed_canary_never_promotes_the_bad_release(
     runs again, even when the re-run turned the canary off; a failed one rolls back at
     once, without comparing again."""
     h = hosts[0]
-    rec = record(h)
-    old = rec["instances"]
-    new = GREEN if old == BLUE else BLUE
-    new_color = "green" if new == GREEN else "blue"
+    rec, old, new, new_color = old_and_new(h)
     pids = main_pids(h, old)
     since = host_now(h)
     bad = {**deploy_vars, **rel["v3"]["vars"], "sockact_app_env": BAD_ENV}
@@ -416,8 +430,7 @@ def test_a_killed_canary_never_promotes_the_bad_release(
     probe = Probe(probe_targets([h]), keepalive_clients=2, new_conn_clients=2, pause=CANARY_PAUSE)
     probe.start()
     try:
-        # a few seconds into the canary's window, or right after the verdict was written
-        wait = (lambda: time.sleep(3)) if intent_says == "pending" else None
+        wait = canary_kill_wait(intent_says)
         killed = playbook_killed("deploy.yml", fleet, bad, banner, "--limit", h.name, then=wait)
         intent = json.loads(h.run("cat", HOST_LAYOUT.deploy_intent).stdout)
         rerun = playbook("deploy.yml", fleet, rerun_vars, "--limit", h.name)
@@ -448,13 +461,7 @@ def test_a_killed_canary_never_promotes_the_bad_release(
     assert {k for k, n in report.failures.items() if n} <= {"http_5xx"}, report.format_table()
 
 
-@pytest.mark.parametrize(
-    ("point", "banner", "intent_says"),
-    [
-        ("while the canary compares", "Run the canary", "pending"),
-        ("once its verdict is recorded", "Fail when the new color is worse", "failed"),
-    ],
-)
+@pytest.mark.parametrize(("point", "banner", "intent_says"), CANARY_KILL_POINTS)
 def test_a_killed_canary_with_no_old_color_to_compare_keeps_its_state(
     fleet: Path,
     hosts: list[Host],
@@ -471,20 +478,16 @@ def test_a_killed_canary_with_no_old_color_to_compare_keeps_its_state(
     canary's state, so that a later run, even with the canary turned off, never promotes
     the release that did not pass. Once the old color is back, that later run rolls back."""
     h = hosts[0]
-    rec = record(h)
-    old = rec["instances"]
-    new = GREEN if old == BLUE else BLUE
-    new_color = "green" if new == GREEN else "blue"
+    rec, old, new, new_color = old_and_new(h)
     bad = {**deploy_vars, **rel["v3"]["vars"], "sockact_app_env": BAD_ENV}
     probe = Probe(probe_targets([h]), keepalive_clients=2, new_conn_clients=2, pause=CANARY_PAUSE)
     probe.start()
     try:
-        wait = (lambda: time.sleep(3)) if intent_says == "pending" else None
+        wait = canary_kill_wait(intent_says)
         playbook_killed("deploy.yml", fleet, bad, banner, "--limit", h.name, then=wait)
     finally:
         probe.stop()
-    units_old = [HOST_LAYOUT.instance_unit(i) for i in old]
-    h.run("systemctl", "stop", *units_old)
+    h.run("systemctl", "stop", *units(old))
     rerun = playbook("deploy.yml", fleet, bad, "--limit", h.name)
     intent = json.loads(h.run("cat", HOST_LAYOUT.deploy_intent, check=False).stdout or "{}")
     say(f"killed {point}, old color stopped, re-run rc={rerun.rc}; intent: {intent.get('canary')}")
@@ -494,7 +497,7 @@ def test_a_killed_canary_with_no_old_color_to_compare_keeps_its_state(
     assert running_instances(h) == new, running_instances(h)
     assert (intent.get("canary") or {}).get("state") == intent_says, (intent, rerun.tail(60))
     # the old color comes back; a later run with the canary off still never promotes v3
-    h.run("systemctl", "start", *units_old)
+    h.run("systemctl", "start", *units(old))
     since = host_now(h)
     later = {**bad, "sockact_canary_seconds": 0}
     probe = Probe(probe_targets([h]), keepalive_clients=2, new_conn_clients=2, pause=CANARY_PAUSE)
