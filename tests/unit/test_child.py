@@ -12,6 +12,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,60 +21,51 @@ from sockact.controller.child import Stops, run_command
 from tests.integration.support import alive
 
 
-def test_a_failing_tick_stops_the_command_before_the_error_goes_on(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def failing_tick(tmp_path: Path, argv: list[str]) -> Iterator[Path]:
+    """Run ``argv`` (it writes a pid to the yielded file) under a tick that fails once the
+    pid is there; the block checks that pid after :func:`run_command` raised; whatever
+    still runs as that pid then gets SIGKILL."""
     pidfile = tmp_path / "pid"
-    sleeper = (
-        f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
-    )
 
     def tick() -> None:
-        if pidfile.exists() and pidfile.read_text():
+        if pidfile.exists() and pidfile.read_text().strip():
             raise RuntimeError("the progress line broke")
 
-    pid = 0
+    cmd = [a.replace("{pidfile}", str(pidfile)) for a in argv]
     try:
         with (
             (tmp_path / "log").open("w") as log,
             pytest.raises(RuntimeError, match="progress line broke"),
         ):
-            run_command([sys.executable, "-c", sleeper], log, Stops(), tick=tick, every=0.1)
-        pid = int(pidfile.read_text())
-        assert not alive(pid)
+            run_command(cmd, log, Stops(), tick=tick, every=0.1)
+        yield pidfile
     finally:
+        pid = int(pidfile.read_text()) if pidfile.exists() else 0
         if pid and alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_failing_tick_stops_the_command_before_the_error_goes_on(tmp_path: Path) -> None:
+    sleeper = "import os, time; open('{pidfile}', 'w').write(str(os.getpid())); time.sleep(600)"
+    with failing_tick(tmp_path, [sys.executable, "-c", sleeper]) as pidfile:
+        assert not alive(int(pidfile.read_text()))
 
 
 def test_a_failing_tick_leaves_nothing_of_the_commands_process_group(tmp_path: Path) -> None:
     """The command ends on SIGTERM, but a child of it ignores SIGTERM (an Ansible worker
     busy in a module): once the command ended, what is left of its group gets SIGKILL, as
     after a stop by signal."""
-    pidfile = tmp_path / "pid"
     # the child ignores SIGTERM and writes its pid; the leader waits for it
-    child = f"trap '' TERM; echo $$ > {pidfile}; exec sleep 600"
+    child = "trap '' TERM; echo $$ > '{pidfile}'; exec sleep 600"
     leader = f"sh -c {shlex.quote(child)} & wait"
-
-    def tick() -> None:
-        if pidfile.exists() and pidfile.read_text().strip():
-            raise RuntimeError("the progress line broke")
-
-    pid = 0
-    try:
-        with (
-            (tmp_path / "log").open("w") as log,
-            pytest.raises(RuntimeError, match="progress line broke"),
-        ):
-            run_command(["sh", "-c", leader], log, Stops(), tick=tick, every=0.1)
+    with failing_tick(tmp_path, ["sh", "-c", leader]) as pidfile:
         pid = int(pidfile.read_text())
         deadline = time.monotonic() + 10
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not alive(pid), "a child of the command outlived the failed rollout"
-    finally:
-        if pid and alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_log_that_fails_does_not_block_the_command(tmp_path: Path) -> None:
