@@ -14,7 +14,14 @@ would write. The plan comes from that real state, never from the record alone:
   all when record, enablement and units already agree (``none``);
 * otherwise the color that serves (the most ready instances; on a tie the recorded one)
   is the old color and the other one is started afresh (``switch``): its leftovers are
-  stopped first, which is safe because they serve less than the old color does.
+  stopped first, which is safe because they serve less than the old color does;
+* except a color serving a release whose canary failed or never finished in the
+  interrupted run the intent tells of (``tainted``, unless it is the target): the other
+  color is the old one when it has a ready instance (the tainted one is stopped first:
+  capacity lost, never the only serving color); when the other color runs but answers no
+  ``/ready`` the module fails (:class:`Refused`), changing nothing; when nothing else
+  runs the tainted color stays old, and an abort neither records nor enables it and
+  writes the intent back (``restore_intent``).
 
 A color is only ever stopped by the role after the other one is ready and verified, so
 the only color that serves is never stopped. The plan also says what a failure of the new
@@ -106,9 +113,12 @@ plan:
     the new color's instances, the id of the new color's settings (config_id: their
     .toml files, never the .env), the canary state an interrupted run of the same target
     left in its intent (canary_prior: pending, passed, failed or null), the old color's
-    ready instances (canary_old) and what a failure of the new color does (abort: stops,
-    whether the new color is stopped; enable and disable, the enablement flip back;
-    record, the record to write first, naming the old color, or null).
+    ready instances (canary_old), the colors that serve a release whose canary failed or
+    never finished in an interrupted run (tainted, color -> pending or failed) and what a
+    failure of the new color does (abort: stops, whether the new color is stopped; enable
+    and disable, the enablement flip back; record, the record to write first, naming the
+    old color, or null; restore_intent, whether the intent this run found is written
+    back instead of removed).
   type: dict
   returned: when target is given
 targets:
