@@ -307,7 +307,13 @@ def test_an_abort_of_a_finish_that_finds_the_old_color_recorded_changes_no_recor
     u = linked(units(blue=("active", OLD, 2), green=("active", NEW, 2)))
     p = full_plan(u, BLUE_OLD, [1, 2])
     assert p["action"] == "finish"
-    assert p["abort"] == {"stops": True, "record": None, "enable": [], "disable": []}
+    assert p["abort"] == {
+        "stops": True,
+        "record": None,
+        "enable": [],
+        "disable": [],
+        "restore_intent": False,
+    }
 
 
 def test_an_abort_of_a_switch_under_a_record_naming_the_new_color_names_the_serving_one() -> None:
@@ -329,7 +335,13 @@ def test_a_new_color_that_alone_serves_is_kept_and_becomes_the_enabled_one() -> 
     u = linked(units(blue=("deactivating", OLD, 0), green=("active", NEW, 2)))
     p = full_plan(u, GREEN_RECORDED, [1, 2])
     assert p["action"] == "finish"
-    assert p["abort"] == {"stops": False, "record": None, "enable": [101, 102], "disable": [1, 2]}
+    assert p["abort"] == {
+        "stops": False,
+        "record": None,
+        "enable": [101, 102],
+        "disable": [1, 2],
+        "restore_intent": False,
+    }
 
 
 def test_the_release_of_a_color_comes_from_its_links_then_its_digest() -> None:
@@ -390,3 +402,141 @@ def test_step_times_of_the_switch_line() -> None:
     steps = [["start", "0:00:01.5"], ["canary", ""], ["stop of the old color", "0:00:00.25"]]
     assert switch.steps(steps) == " (start 1.5 s, stop of the old color 0.2 s)"
     assert switch.steps([["start", ""]]) == ""
+
+
+# ------------------------------------------------------------------- a failed canary's color
+
+#: R2: the release of an interrupted run whose canary failed (or never finished), kept
+#: running by its abort because nothing else answered /ready; the target (v2 above) is R3
+R2 = "c" * 64
+R2_RELEASE = {"label": "r2", "digest": R2, "dir": "/opt/api/releases/r2-cccccccccccc"}
+R2_RELEASES = [*RELEASES, {**R2_RELEASE, "wheels": ["c.whl"], "complete": True}]
+#: the record of a run killed once it named green R2, before blue stopped
+GREEN_R2 = {
+    "color": "green",
+    "instances": [101, 102],
+    "release": R2_RELEASE,
+    "previous": BLUE_OLD["release"],
+}
+
+
+def r2_intent(canary: str, release: dict[str, Any] = R2_RELEASE) -> dict[str, Any]:
+    return {
+        "action": "finish",
+        "from": {"color": "blue", "release": BLUE_OLD["release"]},
+        "to": {"color": "green", "release": release, "config": "0" * 40},
+        "canary": {"state": canary},
+    }
+
+
+def r2_units(blue: tuple[str, str | None, int], green_ready: int = 2) -> dict[int, dict[str, Any]]:
+    """Green runs R2, blue as given; links: blue v1, green R2."""
+    u = units(blue=blue, green=("active", R2, green_ready))
+    for i, unit in u.items():
+        unit["link"] = V1_DIR if i < 100 else R2_RELEASE["dir"]
+    return u
+
+
+def r2_plan(
+    u: dict[int, dict[str, Any]], record: dict[str, Any], intent: dict[str, Any]
+) -> dict[str, Any]:
+    enabled = [int(i) for i in record.get("instances", [])]
+    result: dict[str, Any] = state.plan(
+        u,
+        record,
+        intent,
+        enabled,
+        2,
+        OFFSETS,
+        layout.MAX_PER_COLOR,
+        TARGET,
+        {OLD: "v1", R2: "r2"},
+        CONFIG,
+        R2_RELEASES,
+        host="web1",
+        name="api",
+    )
+    return result
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+@pytest.mark.parametrize("blue_ready", [1, 2])
+@pytest.mark.parametrize("record", [BLUE_OLD, GREEN_R2], ids=["record blue", "record green"])
+def test_a_color_whose_canary_failed_is_never_the_old_color_while_the_other_serves(
+    canary: str, blue_ready: int, record: dict[str, Any]
+) -> None:
+    """Green runs R2 (its canary failed, or was killed before its verdict), blue R1 with
+    fewer (or as many) instances ready: blue is the old color, green's units are stopped
+    first (capacity, never the only serving color), and an abort of the R3 switch names
+    blue R1 again, never the failed release."""
+    p = r2_plan(r2_units(("active", OLD, blue_ready)), record, r2_intent(canary))
+    assert (p["action"], p["old"], p["new"]) == ("switch", "blue", "green"), p
+    assert (p["stop_first"], p["stop_after"]) == ([101, 102], [1, 2])
+    assert p["canary_old"] == [1, 2][:blue_ready]
+    assert p["tainted"] == {"green": canary}
+    verdict = "failed" if canary == "failed" else "was not finished"
+    # the plan says why, unless blue was the old color anyway (a tie, the record names it)
+    if blue_ready == 1 or record is GREEN_R2:
+        assert any(f"canary {verdict}" in n and "blue (" in n for n in p["notes"]), p["notes"]
+    abort = p["abort"]
+    assert abort["stops"] is True and abort["restore_intent"] is False
+    if record is GREEN_R2:
+        assert abort["record"]["color"] == "blue"
+        assert abort["record"]["release"]["digest"] == OLD
+        assert (abort["enable"], abort["disable"]) == ([1, 2], [101, 102])
+    else:
+        assert abort["record"] is None
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+def test_a_failed_canary_color_beside_a_color_that_answers_no_ready_is_refused(
+    canary: str,
+) -> None:
+    """Green runs R2 (canary failed or never finished), blue runs R1 but answers no /ready
+    (a loaded host): which color serves is unknown, so no plan is made at all."""
+    u = r2_units(("active", OLD, 0))
+    with pytest.raises(state.Refused) as caught:
+        r2_plan(u, BLUE_OLD, r2_intent(canary))
+    msg = str(caught.value)
+    assert "\n" not in msg
+    verdict = "failed" if canary == "failed" else "was not finished"
+    assert msg.startswith("refusing to switch web1 to v2 bbbbbbbbbbbb: green runs r2 cccccccccccc")
+    assert f"whose canary {verdict}" in msg
+    assert "blue (v1 aaaaaaaaaaaa) runs 2 instances but none answers /ready" in msg
+    assert "re-run once blue answers /ready, or stop one color first" in msg
+    assert "(api@1 api@2, or api@101 api@102)" in msg
+
+
+def test_the_target_itself_or_a_passed_canary_is_no_failed_color() -> None:
+    """The same host state as the refusal, but the interrupted run's release is this
+    run's target (its canary state is carried over instead: canary_prior) or its canary
+    passed: the ready color is the old one, as before."""
+    u = r2_units(("active", OLD, 0))
+    for intent in (r2_intent("failed", TARGET), r2_intent("passed")):
+        p = r2_plan(u, BLUE_OLD, intent)
+        assert (p["action"], p["old"], p["new"], p["tainted"]) == ("switch", "green", "blue", {})
+    # the target on green, partly ready: restarted in green, blue not stopped first
+    u = units(blue=("active", OLD, 0), green=("active", NEW, 1))
+    p = r2_plan(u, BLUE_OLD, r2_intent("failed", TARGET))
+    assert (p["old"], p["new"], p["tainted"]) == ("green", "blue", {})
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+@pytest.mark.parametrize("record", [BLUE_OLD, GREEN_R2], ids=["record blue", "record green"])
+def test_a_failed_canary_color_that_alone_runs_stays_old_but_is_never_recorded_by_an_abort(
+    canary: str, record: dict[str, Any]
+) -> None:
+    """Nothing runs besides green R2: it stays the old color (it is all that serves), the
+    plan says the canary's baseline is that release, and an abort of R3 neither records nor
+    enables it: the intent the run found (with R2's verdict) is written back."""
+    p = r2_plan(r2_units(("inactive", None, 0)), record, r2_intent(canary))
+    assert (p["action"], p["old"], p["new"]) == ("switch", "green", "blue")
+    assert (p["stop_first"], p["stop_after"]) == ([], [101, 102])
+    assert any("nothing else serves" in n and "baseline" in n for n in p["notes"]), p["notes"]
+    assert p["abort"] == {
+        "stops": True,
+        "record": None,
+        "enable": [],
+        "disable": [],
+        "restore_intent": True,
+    }

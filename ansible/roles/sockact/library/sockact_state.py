@@ -14,7 +14,14 @@ would write. The plan comes from that real state, never from the record alone:
   all when record, enablement and units already agree (``none``);
 * otherwise the color that serves (the most ready instances; on a tie the recorded one)
   is the old color and the other one is started afresh (``switch``): its leftovers are
-  stopped first, which is safe because they serve less than the old color does.
+  stopped first, which is safe because they serve less than the old color does;
+* except a color serving a release whose canary failed or never finished in the
+  interrupted run the intent tells of (``tainted``, unless it is the target): the other
+  color is the old one when it has a ready instance (the tainted one is stopped first:
+  capacity lost, never the only serving color); when the other color runs but answers no
+  ``/ready`` the module fails (:class:`Refused`), changing nothing; when nothing else
+  runs the tainted color stays old, and an abort neither records nor enables it and
+  writes the intent back (``restore_intent``).
 
 A color is only ever stopped by the role after the other one is ready and verified, so
 the only color that serves is never stopped. The plan also says what a failure of the new
@@ -106,9 +113,12 @@ plan:
     the new color's instances, the id of the new color's settings (config_id: their
     .toml files, never the .env), the canary state an interrupted run of the same target
     left in its intent (canary_prior: pending, passed, failed or null), the old color's
-    ready instances (canary_old) and what a failure of the new color does (abort: stops,
-    whether the new color is stopped; enable and disable, the enablement flip back;
-    record, the record to write first, naming the old color, or null).
+    ready instances (canary_old), the colors that serve a release whose canary failed or
+    never finished in an interrupted run (tainted, color -> pending or failed) and what a
+    failure of the new color does (abort: stops, whether the new color is stopped; enable
+    and disable, the enablement flip back; record, the record to write first, naming the
+    old color, or null; restore_intent, whether the intent this run found is written
+    back instead of removed).
   type: dict
   returned: when target is given
 targets:
@@ -201,6 +211,31 @@ def canary_prior(
     return state if state in ("pending", "passed", "failed") else None
 
 
+class Refused(ValueError):
+    """A state in which no plan is safe: the module fails with this one line, changing
+    nothing."""
+
+
+def tainted(
+    units: dict[int, dict[str, Any]],
+    intent: dict[str, Any],
+    ready: dict[str, list[int]],
+    target: dict[str, Any],
+) -> dict[str, str]:
+    """``{color: canary state}`` of each color whose ready instances run the release of an
+    interrupted run whose canary ``failed`` or never finished (``pending``), unless that
+    release is this run's target (then :func:`canary_prior` carries the state over)."""
+    bad = ((intent.get("to") or {}).get("release") or {}).get("digest")
+    state = (intent.get("canary") or {}).get("state")
+    if not bad or bad == target.get("digest") or state not in ("failed", "pending"):
+        return {}
+    return {
+        c: str(state)
+        for c in COLORS
+        if ready[c] and any(units.get(i, {}).get("digest") == bad for i in ready[c])
+    }
+
+
 def plan(
     units: dict[int, dict[str, Any]],
     record: dict[str, Any],
@@ -213,15 +248,28 @@ def plan(
     labels: dict[str, str] | None = None,
     expected_config: dict[str, str] | None = None,
     releases: list[dict[str, Any]] | None = None,
+    host: str = "the host",
+    name: str = "api",
 ) -> dict[str, Any]:
     """What to do next, from the real state of the units (see the module docstring).
 
     ``units[i]`` has ``active_state``, ``ready`` (bool), ``digest`` (str or None),
     ``config_ok`` (bool or None: None when not checked) and ``link`` (the release dir its
     instance link points at, or None); ``releases`` the installed ones (:func:`_releases`).
+    Raises :class:`Refused` (naming ``host`` and the ``name@`` units) when no plan is safe.
     """
     decided = _plan(
-        units, record, intent, enabled, count, offsets, max_per_color, target, labels or {}
+        units,
+        record,
+        intent,
+        enabled,
+        count,
+        offsets,
+        max_per_color,
+        target,
+        labels or {},
+        host,
+        name,
     )
     new, old = decided["new"], decided["old"]
     decided["instances"] = instances_of(new, count, offsets)
@@ -283,15 +331,30 @@ def abort_plan(
     disabled: ``record`` (without listen, port, deployed_at: the role adds them),
     ``enable``, ``disable``. A new color left running (nothing else serves) keeps a record
     that names it, and is then the enabled color.
+
+    An old color that stays while it runs a release whose canary failed or never finished
+    (``tainted``: the plan kept it only because nothing else serves) is never recorded or
+    enabled by an abort, and the intent this run found (which holds that canary's state) is
+    written back instead of removed (``restore_intent``): the host is left as the run found
+    it, and every later run still knows that release's verdict.
     """
     new, old = decided["new"], decided["old"]
     stops = decided["action"] == "switch" or any(
         units.get(i, {}).get("ready") for i in decided["stop_after"]
     )
     rec_color = record.get("color")
-    out: dict[str, Any] = {"stops": stops, "record": None, "enable": [], "disable": []}
+    out: dict[str, Any] = {
+        "stops": stops,
+        "record": None,
+        "enable": [],
+        "disable": [],
+        "restore_intent": False,
+    }
     keep = old if stops else new if rec_color == new else None
     if keep is None:
+        return out
+    if stops and keep in decided.get("tainted", {}):
+        out["restore_intent"] = True
         return out
     want = instances_of(keep, count, offsets)
     out["enable"] = [i for i in want if i not in enabled]
@@ -323,6 +386,8 @@ def _plan(
     max_per_color: int,
     target: dict[str, Any],
     labels: dict[str, str],
+    host: str,
+    name: str,
 ) -> dict[str, Any]:
     want = {c: instances_of(c, count, offsets) for c in COLORS}
     running: dict[str, list[int]] = {c: [] for c in COLORS}
@@ -332,6 +397,7 @@ def _plan(
             running[c].append(i)
     ready = {c: [i for i in want[c] if units.get(i, {}).get("ready")] for c in COLORS}
     digest = target["digest"]
+    bad = tainted(units, intent, ready, target)
     on_target = {
         c: all(
             units.get(i, {}).get("ready")
@@ -385,6 +451,7 @@ def _plan(
             "enable": enable,
             "disable": disable,
             "record_ok": record_ok,
+            "tainted": bad,
             "notes": notes,
             "summary": (
                 f"{describe(new)} already runs {_short(target)}: nothing to do"
@@ -408,12 +475,51 @@ def _plan(
         old: str | None = rec_color if rec_color in tied else tied[0]
     else:
         old = None
+    if old is not None and old in bad:
+        # the color that serves most runs a release whose canary failed (or never
+        # finished): it is no baseline for a canary and no color to fall back to
+        alt = other(old)
+        verdict = "failed" if bad[old] == "failed" else "was not finished"
+        why = (
+            f"{old} runs {_short((intent.get('to') or {}).get('release'))}, whose canary "
+            f"{verdict} in an interrupted run"
+        )
+        if alt in bad:
+            notes.append(
+                f"{why}, as does {alt}: {old} stays the old color, so the canary's baseline "
+                "is that release"
+            )
+        elif ready[alt]:
+            notes.append(
+                f"{why}: {alt} ({len(ready[alt])}/{count} ready) is kept as the old color "
+                f"and {old} is stopped first"
+            )
+            old = alt
+        elif running[alt]:
+            runs = sorted({str(d) for i in running[alt] if (d := units.get(i, {}).get("digest"))})
+            what = ", ".join(f"{labels.get(d, '?')} {d[:12]}" for d in runs)
+            raise Refused(
+                f"refusing to switch {host} to {_short(target)}: {why}, and {alt} "
+                f"({what or 'release unknown'}) runs {len(running[alt])} instance"
+                f"{'s' if len(running[alt]) > 1 else ''} but none answers /ready, so "
+                f"which color serves is not known; nothing changed: re-run once {alt} "
+                "answers /ready, or stop one color first "
+                f"({' '.join(f'{name}@{i}' for i in sorted(running[alt]))}, or "
+                f"{' '.join(f'{name}@{i}' for i in sorted(running[old]))})"
+            )
+        else:
+            notes.append(
+                f"{why}, and nothing else serves: it stays the old color, so the canary's "
+                "baseline is that release"
+            )
     new = other(old) if old is not None else other(rec_color) if rec_color else "blue"
     stop_first = sorted(running[new])
     stop_after = sorted(i for c in COLORS for i in running[c] if c != new)
     # the new color's leftovers never serve (or run, when nothing is ready) more than the
-    # old color, so stopping them first loses nothing
-    assert old is None or served[new] <= served[old]
+    # old color, so stopping them first loses nothing; or they run a release whose canary
+    # failed or never finished while the old color has a ready instance: stopping them
+    # first loses capacity, but never the only color that serves
+    assert old is None or served[new] <= served[old] or (new in bad and bool(ready[old]))
     return {
         "action": "switch",
         "old": old,
@@ -424,6 +530,7 @@ def _plan(
         "enable": want[new],
         "disable": sorted(i for i in enabled if i not in want[new]),
         "record_ok": False,
+        "tainted": bad,
         "notes": notes,
         "summary": f"{describe(old)} -> {new} ({_short(target)}, {count} instances): switch",
     }
@@ -747,20 +854,26 @@ def main() -> None:
     result: dict[str, Any] = {"changed": False, "state": state, "now": int(time.time())}
     units = state["units"]
     record = state["record"]
+    host = p["host_label"] or os.uname().nodename
     if p["target"]:
-        result["plan"] = plan(
-            units,
-            record,
-            state["intent"],
-            state["enabled"],
-            p["count"],
-            color_offsets(layout),
-            int(layout["max_per_color"]),
-            p["target"],
-            labels,
-            p["expected_config"] or {},
-            state["releases"],
-        )
+        try:
+            result["plan"] = plan(
+                units,
+                record,
+                state["intent"],
+                state["enabled"],
+                p["count"],
+                color_offsets(layout),
+                int(layout["max_per_color"]),
+                p["target"],
+                labels,
+                p["expected_config"] or {},
+                state["releases"],
+                host=host,
+                name=layout["name"],
+            )
+        except Refused as exc:
+            module.fail_json(msg=str(exc))
         # where the role reaches each instance's admin server (the canary's addresses)
         address = f"[{p['admin_host']}]" if ":" in p["admin_host"] else p["admin_host"]
         result["plan"]["admin"] = {
@@ -777,11 +890,10 @@ def main() -> None:
             int(layout["max_per_color"]),
             p["admin_host"],
             int(layout["admin_port_base"]),
-            p["host_label"] or os.uname().nodename,
+            host,
         )
     protected = after_switch(units, record, p["target"], result.get("plan"))
     result["prune"] = prune(state["releases"], p["keep"], protected)
-    host = p["host_label"] or os.uname().nodename
     result["unverified"] = unverified(units, p["check"], p["expect_digest"], layout["name"], host)
     if p["main_url"]:
         status, _ = _get(p["main_url"], max(p["timeout"], 10.0))
