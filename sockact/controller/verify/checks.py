@@ -523,21 +523,30 @@ def test_release_is_not_writable_by_the_service(
     """Nothing the instances run can be changed by the service user: the recorded release
     (and everything in it), the instance links, and every directory above them up to ``/``
     are root's and writable by root alone (a release root owned by the service user would
-    let it swap ``releases/`` under the root-owned links)."""
+    let it swap ``releases/`` under the root-owned links).
+
+    Each problem is named once: the release directory itself by the ``stat`` of it and the
+    directories above (sticky ones above it, such as ``/tmp``, excepted; not the release
+    itself), what is inside it by ``find -mindepth 1`` (the first such path only)."""
     lay = checked.layout
     dirs = sorted(
         set(_parents(record.release_dir) + _parents(lay.instances_dir)), key=lambda d: d.count("/")
     )
     links = [lay.instance_link(i) for i in record.instances]
     found = _stat(host, *dirs, *links)
+
+    def loose(path: str, mode: int) -> bool:
+        sticky = mode & 0o1000 and path != record.release_dir
+        return path in dirs and bool(mode & 0o022) and not sticky
+
     problems = [
         f"{path}: {user}:{group} {mode:04o}"
         for path, (user, group, mode) in sorted(found.items())
-        if user != "root" or (path in dirs and mode & 0o022 and not mode & 0o1000)
+        if user != "root" or loose(path, mode)
     ]
     missing = [d for d in (record.release_dir, lay.instances_dir) if d not in found]
     inside = host.run(
-        "LC_ALL=C find %s ! -type l \\( -perm /022 -o ! -user root \\) -print -quit",
+        "LC_ALL=C find %s -mindepth 1 ! -type l \\( -perm /022 -o ! -user root \\) -print -quit",
         record.release_dir,
     )
     problems += [
