@@ -14,6 +14,7 @@ import pytest
 import testinfra
 
 from sockact import layout
+from sockact.controller.units import UnitOptions, render_units
 from sockact.controller.verify import checks
 from sockact.controller.verify.facts import Record
 from sockact.controller.verify.plugin import Checked
@@ -21,6 +22,8 @@ from tests.needs import need_root
 
 DIGEST = "ab" * 32
 INSTANCE = 1
+#: a group that exists on every Debian host, named unlike any service user
+OTHER_GROUP = "adm"
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +92,13 @@ def reach_failure(local: Any, checked: Checked, rec: Record) -> str:
 
 def test_a_right_release_passes(local: Any, tmp_path: Path) -> None:
     host_layout, rec = installed_release(tmp_path)
-    checks.test_release_is_not_writable_by_the_service(local, Checked(host_layout, "api", 0.0), rec)
+    checks.test_release_is_not_writable_by_the_service(local, Checked(host_layout, "api", ""), rec)
 
 
 def test_a_group_writable_release_dir_is_named_once(local: Any, tmp_path: Path) -> None:
     host_layout, rec = installed_release(tmp_path)
     os.chmod(rec.release_dir, 0o775)
-    message = reach_failure(local, Checked(host_layout, "api", 0.0), rec)
+    message = reach_failure(local, Checked(host_layout, "api", ""), rec)
     assert message.count(f"{rec.release_dir}:") == 1, message
     assert f"{rec.release_dir}: root:root 0775" in message, message
 
@@ -105,7 +108,7 @@ def test_a_problem_inside_is_named_beside_the_release_dirs_own(local: Any, tmp_p
     host_layout, rec = installed_release(tmp_path)
     os.chmod(rec.release_dir, 0o777)
     os.chmod(f"{rec.release_dir}/bin/python", 0o664)
-    message = reach_failure(local, Checked(host_layout, "api", 0.0), rec)
+    message = reach_failure(local, Checked(host_layout, "api", ""), rec)
     assert message.count(f"{rec.release_dir}:") == 1, message
     assert f"{rec.release_dir}/bin/python: not root's, or group/other writable" in message
 
@@ -115,6 +118,69 @@ def test_a_sticky_release_dir_others_can_write_is_named_once(local: Any, tmp_pat
     release itself: the service could add files to it."""
     host_layout, rec = installed_release(tmp_path)
     os.chmod(rec.release_dir, 0o1777)
-    message = reach_failure(local, Checked(host_layout, "api", 0.0), rec)
+    message = reach_failure(local, Checked(host_layout, "api", ""), rec)
     assert message.count(f"{rec.release_dir}:") == 1, message
     assert f"{rec.release_dir}: root:root 1777" in message, message
+
+
+def config_files(tmp_path: Path, group: str) -> layout.HostLayout:
+    """The instance's settings and env file, root's in ``group``, 0640, in a root 0750 dir."""
+    need_root("the files must be root's, in a group of this machine, as on a host")
+    _dir(str(tmp_path))
+    host_layout = lay(tmp_path)
+    _dir(str(tmp_path / "etc"))
+    _dir(host_layout.config_dir)
+    _dir(host_layout.instance_config_dir, 0o750, group)
+    _file(host_layout.instance_config(INSTANCE), 0o640, group)
+    _file(host_layout.instance_env(INSTANCE), 0o640, group)
+    return host_layout
+
+
+def test_instance_files_in_the_configured_group_pass(local: Any, tmp_path: Path) -> None:
+    """``--group`` (the role's ``sockact_group``) need not be named like the user."""
+    host_layout = config_files(tmp_path, OTHER_GROUP)
+    checked = Checked(host_layout, "api", OTHER_GROUP)
+    checks.test_instance_files_belong_to_root_and_hide_from_others(local, checked, INSTANCE)
+
+
+def test_instance_files_in_the_users_group_fail_when_another_is_configured(
+    local: Any, tmp_path: Path
+) -> None:
+    host_layout = config_files(tmp_path, "root")
+    checked = Checked(host_layout, "api", OTHER_GROUP)
+    with pytest.raises(AssertionError) as failed:
+        checks.test_instance_files_belong_to_root_and_hide_from_others(local, checked, INSTANCE)
+    config = host_layout.instance_config(INSTANCE)
+    assert f"{config}: root:root 0640 (want root:{OTHER_GROUP}, at most 0640)" in str(failed.value)
+
+
+def test_without_a_group_the_files_are_in_the_users_group(local: Any, tmp_path: Path) -> None:
+    """No ``--group``: the group ``units render`` gives (and the role makes), the user's name."""
+    host_layout = config_files(tmp_path, OTHER_GROUP)
+    checks.test_instance_files_belong_to_root_and_hide_from_others(
+        local, Checked(host_layout, OTHER_GROUP, ""), INSTANCE
+    )
+
+
+def test_hardening_as_rendered_with_the_configured_group(local: Any, tmp_path: Path) -> None:
+    """A unit rendered with ``--group web`` is as rendered when verify is told the group
+    (no root needed: the check only reads the unit file)."""
+    # the layout's own config and release dirs (units render refuses paths under /tmp)
+    host_layout = layout.HostLayout("api", unit_dir=str(tmp_path / "units"))
+    rec = record(host_layout)
+    opts = UnitOptions(
+        name=host_layout.name,
+        user="api",
+        group="web",
+        config_dir=host_layout.config_dir,
+        release_root=host_layout.release_root,
+        listen=rec.listen,
+        port=rec.port,
+    )
+    os.makedirs(host_layout.unit_dir)
+    unit = Path(host_layout.unit_dir) / host_layout.instance_unit_file
+    unit.write_text(render_units(opts)[host_layout.instance_unit_file])
+    checks.test_unit_file_hardening_as_rendered(local, Checked(host_layout, "api", "web"), rec)
+    with pytest.raises(AssertionError) as failed:
+        checks.test_unit_file_hardening_as_rendered(local, Checked(host_layout, "api", ""), rec)
+    assert "Group=['web'] but sockact renders Group=['api']" in str(failed.value)
