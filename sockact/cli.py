@@ -12,9 +12,19 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from sockact import __version__
 from sockact.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_OK, SockactError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error of one line (what is wrong, where to read more) instead
+    of the usage block and then the error; the subcommands' parsers are of this class too
+    (``add_subparsers`` makes its parsers of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sockact.controller.verify import command as verify
     from sockact.runtime import commands, release
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="sockact",
         description=(
             "Zero-downtime WSGI instances under systemd: warm up, then listen, "

@@ -11,7 +11,8 @@ the command runs is turned into a stop of the command first, then rollout's own 
 The command's process group gets SIGINT for SIGINT and SIGTERM for the others (Ansible
 passes SIGINT and SIGTERM on to its workers, which run in sessions of their own; it does
 not handle SIGHUP), then ``GRACE_S`` to end; after that, or at a second stop, SIGKILL.
-Once the command ended after a stop, what is left of its process group gets SIGKILL too.
+Once the command ended after a stop, or after a failure of rollout's own (its progress
+line could not be written), what is left of its process group gets SIGKILL too.
 
 Signal handlers only note the signal; the loop of :func:`run_command` acts on it.
 """
@@ -154,15 +155,22 @@ def run_command(
         _supervise(proc, stops, run, tick, every)
     except BaseException:  # a tick failed: the command does not outlive rollout
         _killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(GRACE_S)
-        except subprocess.TimeoutExpired:
-            _killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        deadline = time.monotonic() + GRACE_S
+        while not _exited(proc.pid) and time.monotonic() < deadline:
+            time.sleep(_POLL_S)
+        # the leader is not reaped yet, so its group's id is still ours to kill
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         raise
     run.rc = proc.wait()
     pump.join(5)
     return run
+
+
+def _exited(pid: int) -> bool:
+    """True once ``pid`` (a child) exited; it stays a zombie until waited for, so its
+    process group's id cannot be reused meanwhile."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _supervise(
@@ -176,10 +184,7 @@ def _supervise(
     passed_on = 0
     kill_at: float | None = None
     next_tick = time.monotonic() + every
-    # waitid(WNOWAIT) sees the exit but leaves the process a zombie: its pid (and so its
-    # process group's id) cannot be reused while the leftovers of the group are killed
-    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
-    while os.waitid(os.P_PID, proc.pid, flags) is None:
+    while not _exited(proc.pid):
         now = time.monotonic()
         if len(stops.seen) > passed_on:
             if passed_on == 0:

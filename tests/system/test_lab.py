@@ -200,3 +200,63 @@ def test_down_after_a_killed_up_stops_what_it_left(lab_image: Image) -> None:
     assert not any(_alive(pid) for pid in left)
     assert not _mounts_under(directory)
     assert not directory.exists()
+
+
+def _wait_exec(pid: int) -> None:
+    """Until ``pid``'s command line shows: Popen returns when the exec began, and for a
+    moment after that /proc/<pid>/cmdline is still empty."""
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_down_waits_for_a_mount_a_killed_up_left(tmp_path: Path) -> None:
+    """A SIGKILLed ``up`` leaves its running ``mount`` of a host's overlay behind, and the
+    mount can land after ``down`` looked (CI saw "sockact-3 still has mounts"). ``down``
+    waits for the commands ``up`` runs on the lab's paths, then unmounts what they did.
+    The stand-in is a shell named ``mount`` (as ``ps`` shows it) that mounts 2 s later."""
+    reason = lab_skip_reason()
+    if reason:
+        cannot_run(reason)
+    directory = tmp_path / "lab"
+    target = directory / "sockact-9" / "root"
+    target.mkdir(parents=True)
+    script = 'sleep 2; mount -t tmpfs sockact-lab-test "$0"'
+    helper = subprocess.Popen(["mount", "-c", script, str(target)], executable="/bin/sh")
+    try:
+        _wait_exec(helper.pid)
+        Lab(directory).down()
+        helper_left = helper.poll() is None
+        helper.wait(timeout=30)
+        left = _mounts_under(directory)
+        assert not helper_left, "down returned while the killed run's mount still ran"
+        assert not left, f"down left mounts: {left}"
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait()
+        for mnt in _mounts_under(directory):
+            subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def test_down_stops_the_shell_that_would_become_nspawn(tmp_path: Path) -> None:
+    """``up`` starts each nspawn as ``sh -c '<join cgroups>; exec "$@"' sh systemd-nspawn
+    -D <root>``: a run killed before the ``exec`` leaves that shell, which would boot the
+    host after ``down``. ``down`` stops it like a leftover nspawn."""
+    reason = lab_skip_reason()
+    if reason:
+        cannot_run(reason)
+    directory = tmp_path / "lab"
+    root = directory / "sockact-9" / "root"
+    root.mkdir(parents=True)
+    # blocks on its stdin, so it never execs: the moment before the exec, held open
+    cmd = ["sh", "-c", 'read _; exec "$@"', "sh", "systemd-nspawn", "-D", str(root), "-b"]
+    wrapper = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    try:
+        _wait_exec(wrapper.pid)
+        Lab(directory).down()
+        assert wrapper.poll() is not None, "down left the shell that would start nspawn"
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+        wrapper.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -38,6 +39,37 @@ def test_a_failing_tick_stops_the_command_before_the_error_goes_on(tmp_path: Pat
             run_command([sys.executable, "-c", sleeper], log, Stops(), tick=tick, every=0.1)
         pid = int(pidfile.read_text())
         assert not alive(pid)
+    finally:
+        if pid and alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_failing_tick_leaves_nothing_of_the_commands_process_group(tmp_path: Path) -> None:
+    """The command ends on SIGTERM, but a child of it ignores SIGTERM (an Ansible worker
+    busy in a module): once the command ended, what is left of its group gets SIGKILL, as
+    after a stop by signal."""
+    pidfile = tmp_path / "pid"
+    # the child ignores SIGTERM and writes its pid; the leader waits for it
+    child = f"trap '' TERM; echo $$ > {pidfile}; exec sleep 600"
+    leader = f"sh -c {shlex.quote(child)} & wait"
+
+    def tick() -> None:
+        if pidfile.exists() and pidfile.read_text().strip():
+            raise RuntimeError("the progress line broke")
+
+    pid = 0
+    try:
+        with (
+            (tmp_path / "log").open("w") as log,
+            pytest.raises(RuntimeError, match="progress line broke"),
+        ):
+            run_command(["sh", "-c", leader], log, Stops(), tick=tick, every=0.1)
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid), "a child of the command outlived the failed rollout"
     finally:
         if pid and alive(pid):
             with contextlib.suppress(ProcessLookupError):

@@ -56,7 +56,8 @@ def test_a_bad_number_is_refused_in_one_line_before_anything_runs(
 ) -> None:
     code, lines, marker = run(tmp_path, capsys, f"{flag}={value}")
     assert code == errors.EXIT_BAD_INPUT
-    assert lines == [f"sockact rollout run: error: argument {flag}: {why}"]
+    help = "(see sockact rollout run --help)"
+    assert lines == [f"sockact rollout run: error: argument {flag}: {why} {help}"]
     assert not marker.exists()
 
 

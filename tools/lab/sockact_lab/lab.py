@@ -59,6 +59,7 @@ from sockact_lab.hostroot import (
 from sockact_lab.image import DEFAULT_RECIPE, Image, ensure_image, find_image
 from sockact_lab.system import Progress, run_command
 from sockact_lab.system import alive as _alive
+from sockact_lab.system import all_pids as _all_pids
 from sockact_lab.system import cmdline as _cmdline
 from sockact_lab.system import flock as _flock
 from sockact_lab.system import kill_until_gone as _kill_until_gone
@@ -288,15 +289,36 @@ def is_running(host: Host) -> bool:
     return _is_nspawn_for(host.nspawn_pid, host.root)
 
 
+#: the commands ``up`` runs on the lab's paths besides nspawn: a SIGKILLed ``up`` leaves
+#: them running, and a ``mount`` of a host's overlay may land after ``down`` looked
+HELPER_COMMANDS = frozenset({"mount", "umount", "ssh-keygen"})
+#: how long ``down`` waits for them before SIGKILL (each takes milliseconds when alone)
+HELPER_TIMEOUT = 15.0
+
+
+def _helpers_under(directory: Path) -> list[int]:
+    """Running :data:`HELPER_COMMANDS` with a path inside ``directory`` in their arguments
+    (``down`` holds the lab's lock, so no live ``up`` of this lab runs them)."""
+    prefix = str(directory).rstrip("/") + "/"
+    found: list[int] = []
+    for pid in _all_pids():
+        args = _cmdline(pid)
+        named = args and os.path.basename(args[0]) in HELPER_COMMANDS
+        if named and any(prefix in a for a in args[1:]):
+            found.append(pid)
+    return found
+
+
 def _nspawn_pids_under(directory: Path) -> list[int]:
-    """Every systemd-nspawn whose ``-D`` lies inside ``directory`` (leftovers of a killed run)."""
+    """Every systemd-nspawn whose ``-D`` lies inside ``directory`` (leftovers of a killed
+    run), and the shell that becomes one (``up`` starts nspawn through ``sh -c 'exec'``)."""
     prefix = str(directory).rstrip("/") + "/"
     pids: list[int] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         args = _cmdline(int(entry))
-        if not args or not args[0].endswith("systemd-nspawn"):
+        if not any(a.endswith("systemd-nspawn") for a in args):
             continue
         for a, b in itertools.pairwise(args):
             if a == "-D" and b.startswith(prefix):
@@ -790,6 +812,7 @@ class Lab:
 
     def _down(self, say: Progress) -> None:
         errors: list[str] = []
+        self._wait_helpers(say)
         hosts = self.hosts()
         for h in hosts:
             try:
@@ -824,6 +847,21 @@ class Lab:
         if _mounts_under(self.directory):
             raise LabError(f"lab: mounts left under {self.directory}; not removing it")
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _wait_helpers(self, say: Progress) -> None:
+        """Let the commands a killed ``up`` left on this lab's paths end (their mounts are
+        then there to be removed), SIGKILL them after :data:`HELPER_TIMEOUT`."""
+        helpers = _helpers_under(self.directory)
+        if not helpers:
+            return
+        names = ", ".join(f"{os.path.basename((_cmdline(p) or ['?'])[0])} {p}" for p in helpers)
+        say(f"waiting for what a killed run left running: {names}")
+        deadline = time.monotonic() + HELPER_TIMEOUT
+        while time.monotonic() < deadline:
+            if not any(_alive(p) for p in _helpers_under(self.directory)):
+                return
+            time.sleep(0.1)
+        _kill_until_gone(lambda: _helpers_under(self.directory), str(self.directory), "lab", say)
 
     def _stop_host(self, h: Host, say: Progress) -> None:
         if _is_nspawn_for(h.nspawn_pid, h.root):
