@@ -69,6 +69,14 @@ _UNIX_OPTIONS = ("socket_user", "socket_group", "socket_mode")
 _FORBIDDEN_USERS = ("root", "nobody")
 
 
+def group_of(user: str, group: str = "") -> str:
+    """``Group=`` of the instances: ``group``, or when empty (``units render`` without
+    ``--group``) the user's name. The one place that default is made: the role's
+    ``sockact_group`` defaults to ``sockact_user`` the same way, and ``sockact verify``
+    checks the instances' files against this group."""
+    return group or user
+
+
 @dataclass(frozen=True)
 class UnitOptions:
     """Everything the unit files depend on; construction validates all fields at once.
@@ -108,7 +116,7 @@ class UnitOptions:
     def __post_init__(self) -> None:
         # Fill derived defaults; frozen, so through object.__setattr__.
         derived = {
-            "group": self.user,
+            "group": group_of(self.user),
             "config_dir": f"/etc/{self.name}",
             "release_root": f"/opt/{self.name}",
         }

@@ -363,7 +363,7 @@ def test_loosened_files_and_an_exposed_admin_server_fail(setup: Setup) -> None:
                   owner=f"root:{hs.USER}")  # fmt: skip
     host.run("systemctl", "restart", unit, timeout=120)
     try:
-        _expect_failures(
+        run = _expect_failures(
             setup,
             {
                 f"test_instance_files_belong_to_root_and_hide_from_others[{hs.NAME}@1]",
@@ -372,6 +372,9 @@ def test_loosened_files_and_an_exposed_admin_server_fail(setup: Setup) -> None:
             },
             f"{env}: root:{hs.USER} 0644",
         )
+        # the release dir is named once, with its mode, by the stat of the dirs above it
+        assert f"{release}: root:root 0775" in run.out, run.out
+        assert f"{release}: not root's" not in run.out, run.out
     finally:
         host.run("chmod", "0640", env)
         host.run("chmod", "g-w", release)

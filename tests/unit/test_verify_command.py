@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sockact.cli import main
+from sockact.cli import build_parser, main
 from sockact.controller.verify import command
 from sockact.errors import (
     EXIT_BAD_INPUT,
@@ -69,3 +69,14 @@ def test_pytest_outcomes_as_exit_codes() -> None:
     for code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.NO_TESTS_COLLECTED):
         with pytest.raises(BadInput):
             command.exit_code(code, None)
+
+
+def test_the_service_group_reaches_the_checks() -> None:
+    """``--group`` (the role's ``sockact_group``) becomes the plugin's ``--sockact-group``;
+    without it the checks take the default ``units render`` gives (the user's name)."""
+
+    def argv(*flags: str) -> list[str]:
+        return command.pytest_args(build_parser().parse_args(["verify", "-i", "inv", *flags]))
+
+    assert "--sockact-group=web" in argv("--user", "api", "--group", "web")
+    assert not any(a.startswith("--sockact-group") for a in argv("--user", "api"))

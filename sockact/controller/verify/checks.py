@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sockact.controller.units import UnitOptions, render_units
+from sockact.controller.units import render_units
 from sockact.controller.verify import facts
 from sockact.controller.verify.facts import Record
 from sockact.controller.verify.plugin import Checked, facts_of
@@ -342,15 +342,7 @@ def test_unit_file_hardening_as_rendered(host: Any, checked: Checked, record: Re
     path = f"{lay.unit_dir}/{lay.instance_unit_file}"
     unit_file = host.file(path)
     installed = facts.hardening(unit_file.content_string if unit_file.is_file else "")
-    opts = UnitOptions(
-        name=lay.name,
-        user=checked.user,
-        config_dir=lay.config_dir,
-        release_root=lay.release_root,
-        listen=record.listen,
-        port=record.port,
-    )
-    rendered = facts.hardening(render_units(opts)[lay.instance_unit_file])
+    rendered = facts.hardening(render_units(checked.unit_options(record))[lay.instance_unit_file])
     wrong = [
         f"{key}={installed.get(key)} but sockact renders {key}={rendered.get(key)}"
         for key in sorted(set(rendered) | set(installed))
@@ -492,9 +484,11 @@ def test_instance_files_belong_to_root_and_hide_from_others(
     host: Any, checked: Checked, instance: int
 ) -> None:
     """The instance's settings and app environment (it may hold secrets) are root's, in
-    the service's group (named like ``--user``, as the role makes it), at most 0640, in a
-    directory the service cannot write."""
+    the service's group (``--group``, by default the user's name: the ``Group=`` that
+    ``units render`` writes, :attr:`Checked.service_group`), at most 0640, in a directory
+    the service cannot write."""
     lay = checked.layout
+    group_want = checked.service_group
     config, env = lay.instance_config(instance), lay.instance_env(instance)
     found = _stat(host, lay.instance_config_dir, config, env)
     wrong = []
@@ -504,9 +498,9 @@ def test_instance_files_belong_to_root_and_hide_from_others(
                 wrong.append(f"{path}: missing")
             continue  # an instance without an env file is right
         user, group, mode = found[path]
-        if user != "root" or group != checked.user or mode & 0o027:
+        if user != "root" or group != group_want or mode & 0o027:
             wrong.append(
-                f"{path}: {user}:{group} {mode:04o} (want root:{checked.user}, at most 0640)"
+                f"{path}: {user}:{group} {mode:04o} (want root:{group_want}, at most 0640)"
             )
     if lay.instance_config_dir in found:
         user, group, mode = found[lay.instance_config_dir]
@@ -523,21 +517,30 @@ def test_release_is_not_writable_by_the_service(
     """Nothing the instances run can be changed by the service user: the recorded release
     (and everything in it), the instance links, and every directory above them up to ``/``
     are root's and writable by root alone (a release root owned by the service user would
-    let it swap ``releases/`` under the root-owned links)."""
+    let it swap ``releases/`` under the root-owned links).
+
+    Each problem is named once: the release directory itself by the ``stat`` of it and the
+    directories above (sticky ones above it, such as ``/tmp``, excepted; not the release
+    itself), what is inside it by ``find -mindepth 1`` (the first such path only)."""
     lay = checked.layout
     dirs = sorted(
         set(_parents(record.release_dir) + _parents(lay.instances_dir)), key=lambda d: d.count("/")
     )
     links = [lay.instance_link(i) for i in record.instances]
     found = _stat(host, *dirs, *links)
+
+    def loose(path: str, mode: int) -> bool:
+        sticky = mode & 0o1000 and path != record.release_dir
+        return path in dirs and bool(mode & 0o022) and not sticky
+
     problems = [
         f"{path}: {user}:{group} {mode:04o}"
         for path, (user, group, mode) in sorted(found.items())
-        if user != "root" or (path in dirs and mode & 0o022 and not mode & 0o1000)
+        if user != "root" or loose(path, mode)
     ]
     missing = [d for d in (record.release_dir, lay.instances_dir) if d not in found]
     inside = host.run(
-        "LC_ALL=C find %s ! -type l \\( -perm /022 -o ! -user root \\) -print -quit",
+        "LC_ALL=C find %s -mindepth 1 ! -type l \\( -perm /022 -o ! -user root \\) -print -quit",
         record.release_dir,
     )
     problems += [

@@ -113,7 +113,7 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
         f"--hosts={spec}",
         f"--ansible-inventory={args.inventory}",
     ]
-    for key in ("name", "user", "config_dir", "release_root", "unit_dir", "sysctl_dir"):
+    for key in ("name", "user", "group", "config_dir", "release_root", "unit_dir", "sysctl_dir"):
         value = getattr(args, key)
         if value:
             ours.append(f"--sockact-{key.replace('_', '-')}={value}")
@@ -215,6 +215,12 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("--name", default="", help=f"unit name (default {layout.DEFAULT_NAME})")
     p.add_argument("--user", default="", help="user the units were rendered with (default api)")
+    p.add_argument(
+        "--group",
+        default="",
+        help="group the units were rendered with (the role's sockact_group; default: the "
+        "user's name)",
+    )
     p.add_argument("--config-dir", default="", help="default /etc/<name>")
     p.add_argument("--release-root", default="", help="default /opt/<name>")
     p.add_argument("--unit-dir", default="", help=f"default {layout.HostLayout().unit_dir}")

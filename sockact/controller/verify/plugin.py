@@ -25,12 +25,18 @@ import pytest
 import testinfra
 
 from sockact import layout, settings
+from sockact.controller.units import UnitOptions, group_of
 from sockact.controller.verify.facts import Record, parse_record, without_ssh_noise
 
 #: the options of the host layout and of the checks: name -> (default, help)
 OPTIONS: dict[str, tuple[Any, str]] = {
     "name": (layout.DEFAULT_NAME, "unit name, as in `sockact units render --name` (default api)"),
     "user": (settings.RENDER["user"].default, "system user the instances run as (default api)"),
+    "group": (
+        settings.RENDER["group"].default,
+        "group of the instances, as in `sockact units render --group` (default: the user's "
+        "name, as units render and the role derive it)",
+    ),
     "config_dir": ("", "config directory holding deploy.json (default /etc/<name>)"),
     "release_root": ("", "releases and instance links (default /opt/<name>)"),
     "unit_dir": (layout.HostLayout().unit_dir, "where the unit files are installed"),
@@ -59,8 +65,31 @@ class Checked:
     layout: layout.HostLayout
     #: ``User=`` the units were rendered with
     user: str
+    #: ``Group=`` the units were rendered with (the role's ``sockact_group``); empty: the
+    #: default of ``units render``, see :attr:`service_group`
+    group: str = ""
     #: 0: compare with the installed unit file's own exposure
-    max_exposure: float
+    max_exposure: float = 0.0
+
+    @property
+    def service_group(self) -> str:
+        """The instances' group: ``--group``, or the default ``units render`` gives an
+        empty one (:func:`~sockact.controller.units.group_of`: the user's name)."""
+        return group_of(self.user, self.group)
+
+    def unit_options(self, record: Record) -> UnitOptions:
+        """The options ``sockact units render`` was given for a host with ``record``, as
+        far as the checks know them (the rest at their defaults). Raises
+        :class:`~sockact.errors.BadInput` for options ``units render`` would refuse."""
+        return UnitOptions(
+            name=self.layout.name,
+            user=self.user,
+            group=self.group,
+            config_dir=self.layout.config_dir,
+            release_root=self.layout.release_root,
+            listen=record.listen,
+            port=record.port,
+        )
 
 
 def checked_from(config: pytest.Config) -> Checked:
@@ -74,7 +103,7 @@ def checked_from(config: pytest.Config) -> Checked:
         unit_dir=opt("unit_dir"),
         sysctl_dir=opt("sysctl_dir"),
     )
-    return Checked(lay, opt("user"), float(opt("max_exposure")))
+    return Checked(lay, opt("user"), opt("group"), float(opt("max_exposure")))
 
 
 @dataclass
