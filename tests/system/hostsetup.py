@@ -15,6 +15,11 @@ Small helpers, each one step of the role, for the system tests (and anyone else)
 * :func:`host_report` (``systemctl status``, ``journalctl -u``, ``ss -ltnp``) for failure
   messages, plus small probes of a host's state (:func:`admin_get`, :func:`main_pid`...).
 
+Why not the role itself: the system tests try the runtime and the unit files on real
+systemd without Ansible, so that a failure there points at them; the role is what
+tests/ansible runs. Every path comes from :data:`LAYOUT` (sockact/layout.py), the layout
+the role reads too (``sockact layout``), so the two never disagree on where things are.
+
 Files are written through the host's overlay root (``host.root``) from the controller and
 then owned/moded inside the host, so the ``api`` user of the host is the one that counts.
 """
@@ -28,17 +33,16 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from sockact import layout
+from sockact import layout, settings
 from sockact_lab.lab import Host
 from tests import releases
 
-NAME = "api"
-USER = "api"
-CONFIG_DIR = f"/etc/{NAME}"
-RELEASE_ROOT = f"/opt/{NAME}"
-PORT = 8080
-SYSTEMD_DIR = "/etc/systemd/system"
-SYSCTL_FILE = f"/etc/sysctl.d/60-{NAME}-reuseport.conf"
+#: the host layout of the default unit name, from its one home (sockact/layout.py)
+LAYOUT = layout.HostLayout()
+NAME = LAYOUT.name
+USER = settings.RENDER["user"].default
+PORT = settings.SERVE["port"].default
+SYSTEMD_DIR = LAYOUT.unit_dir
 WHEELHOUSE_IN_HOST = "/var/lib/sockact-wheelhouse"
 PROJECT = Path(__file__).resolve().parents[2]
 DEMO = PROJECT / "examples" / "demo"
@@ -109,8 +113,8 @@ def ensure_venv_support(host: Host) -> None:
 def install_release(host: Host, version: str, wheelhouse: str = WHEELHOUSE_IN_HOST) -> str:
     """A venv ``/opt/api/releases/<version>`` with sockact and the demo at ``version``,
     offline, and its ``release.json`` (written last: the install is complete)."""
-    release = f"{RELEASE_ROOT}/releases/{version}"
-    meta = f"{release}/release.json"
+    release = LAYOUT.release_dir(version)
+    meta = LAYOUT.release_meta(version)
     if host.run("test", "-f", meta, check=False).returncode == 0:
         return release
     host.run("rm", "-rf", release)
@@ -134,7 +138,7 @@ def install_release(host: Host, version: str, wheelhouse: str = WHEELHOUSE_IN_HO
 
 def release_digest(host: Host, version: str) -> str:
     """The digest :func:`install_release` recorded for ``version``."""
-    meta = host.run("cat", f"{RELEASE_ROOT}/releases/{version}/release.json").stdout
+    meta = host.run("cat", LAYOUT.release_meta(version)).stdout
     digest: str = json.loads(meta)["digest"]
     return digest
 
@@ -171,11 +175,11 @@ def write_instance(
     extra_toml: dict[str, object] | None = None,
 ) -> None:
     """``/etc/api/instances/<i>.toml`` + ``.env`` and ``/opt/api/instances/<i>`` -> release."""
-    base = f"{CONFIG_DIR}/instances/{instance}"
-    host.run("install", "-d", "-o", "root", "-g", USER, "-m", "0750", f"{CONFIG_DIR}/instances")
+    config_dir = LAYOUT.instance_config_dir
+    host.run("install", "-d", "-o", "root", "-g", USER, "-m", "0750", config_dir)
     write_file(
         host,
-        f"{base}.toml",
+        LAYOUT.instance_config(instance),
         instance_toml(instance, drain_timeout=drain_timeout, extra=extra_toml),
         mode="0640",
         owner=f"root:{USER}",
@@ -183,10 +187,10 @@ def write_instance(
     env = [f"DEMO_WARMUP={warmup:g}"]
     if fail:
         env.append("DEMO_FAIL=1")
-    write_file(host, f"{base}.env", "\n".join(env) + "\n", mode="0640", owner=f"root:{USER}")
-    host.run("install", "-d", "-m", "0755", f"{RELEASE_ROOT}/instances")
-    link = f"{RELEASE_ROOT}/instances/{instance}"
-    host.run("ln", "-sfn", f"{RELEASE_ROOT}/releases/{version}", link)
+    env_file = LAYOUT.instance_env(instance)
+    write_file(host, env_file, "\n".join(env) + "\n", mode="0640", owner=f"root:{USER}")
+    host.run("install", "-d", "-m", "0755", LAYOUT.instances_dir)
+    host.run("ln", "-sfn", LAYOUT.release_dir(version), LAYOUT.instance_link(instance))
 
 
 def install_units(
@@ -217,7 +221,7 @@ def install_units(
     )
     names = sorted(host.run("ls", staging).stdout.split())
     for name in names:
-        dest = "/etc/sysctl.d" if name.endswith(".conf") else SYSTEMD_DIR
+        dest = LAYOUT.sysctl_dir if name.endswith(".conf") else LAYOUT.unit_dir
         host.run("install", "-m", "0644", f"{staging}/{name}", f"{dest}/{name}")
     host.run("rm", "-rf", staging)
     return names

@@ -177,9 +177,12 @@ def unix_mode(socket_mode: Deployed) -> Iterator[Deployed]:
         socket_mode.releases["2.0"],
         "socket",
         drain_timeout=DRAIN_TIMEOUT,
-        extra_args=["--name", NAME, "--config-dir", hs.CONFIG_DIR, "--release-root",
-                    hs.RELEASE_ROOT, "--unix-socket", SOCKET_PATH, "--socket-group", hs.USER],
-    )  # fmt: skip
+        extra_args=[
+            *("--name", NAME, "--config-dir", hs.LAYOUT.config_dir),
+            *("--release-root", hs.LAYOUT.release_root),
+            *("--unix-socket", SOCKET_PATH, "--socket-group", hs.USER),
+        ],
+    )
     assert names == [f"{NAME}.service", f"{NAME}.socket", f"{NAME}@.service"], names
     hs.daemon_reload(host)
     yield Deployed(host, "socket (unix)", socket_mode.releases)
