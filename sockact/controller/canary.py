@@ -22,8 +22,8 @@ the ones in common).
 
 The new release may be broken, and it is what answers half of the readings: what an
 instance exposes is checked before it is believed, and whatever the comparison cannot
-vouch for fails closed (exit 7), naming the instance: no ``200`` within ``--timeout``
-seconds from connect to last byte, or more than 16 MiB; not Prometheus' text format; no
+vouch for fails closed (exit 7), naming the instance: no ``200`` within 5 seconds
+from connect to last byte, or more than 16 MiB; not Prometheus' text format or OpenMetrics; no
 such histogram, or one of another type; a sample that is not a finite number >= 0, or that
 appears twice; a series without a known ``status_class``; buckets that are not cumulative
 or whose ``+Inf`` is not the ``_count``; an instance that restarted between the readings
@@ -496,7 +496,7 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--max-error-increase",
         type=float,
         default=d.max_error_increase,
-        help=f"allowed rise of the 5xx ratio (default {d.max_error_increase})",
+        help=f"allowed rise of the error ratio (5xx or none) (default {d.max_error_increase})",
     )
     p.add_argument(
         "--max-p99-ratio",

@@ -319,7 +319,7 @@ def test_openmetrics_and_labels_in_any_order_read_the_same() -> None:
         r'(_count|_sum)\{status_class="(\w+)"\}', r'\1{zone="a",status_class="\2"}', reordered
     )
     assert reordered.count('zone="a"') == 6 * (len(BUCKETS) + 3), reordered
-    om = openmetrics_latest(inst.registry).decode()
+    om = openmetrics_latest(inst.registry).decode()  # type: ignore[no-untyped-call]
     assert om.endswith("# EOF\n"), om
     stats = [canary.parse_metrics(t) for t in (text, reordered, om)]
     assert [(s.requests, s.errors, s.buckets) for s in stats] == [
