@@ -204,3 +204,42 @@ def test_the_drain_is_timed_while_it_runs(serve: ServeFactory) -> None:
         assert sp.wait_exit(10) == 0, sp.output()
     finally:
         conn.close()
+
+
+def test_the_canary_sees_an_instance_that_crashed_and_restarted(
+    served: Served, serve: ServeFactory
+) -> None:
+    """Killed during the window and started again by "systemd" (here: the test), the new
+    instance answers more requests than before the crash: every counter is higher at the
+    second reading, yet the canary must not take the difference for a window."""
+    first = serve.start("--app", f"{TEST_APPS}:create_app", demo=False, warmup=None)
+    first.wait_ready()
+    for _ in range(3):
+        assert http_get(first.port, "/")[0] == 200
+    poll("3 requests counted", lambda: _count(scrape(first)) == 3, 10)
+    new = f"127.0.0.1:{first.admin_port}"
+
+    def crash_and_restart(_seconds: float) -> None:
+        first.signal(signal.SIGKILL)
+        first.wait_exit(10)
+        again = serve.start(
+            "--app",
+            f"{TEST_APPS}:create_app",
+            demo=False,
+            warmup=None,
+            port=first.port,
+            admin_port=first.admin_port,
+        )
+        again.wait_ready()
+        for _ in range(5):
+            assert http_get(again.port, "/")[0] == 200
+        poll("5 requests counted", lambda: _count(scrape(again)) == 5, 10)
+
+    old = f"127.0.0.1:{served.sp.admin_port}"
+    verdict = canary.run(
+        [old], [new], 1, canary.Thresholds(min_requests=1), sleep=crash_and_restart
+    )
+    assert not verdict.ok
+    assert verdict.reasons[0].startswith(f"inconclusive: the new {new} instance restarted"), (
+        verdict.reasons
+    )
