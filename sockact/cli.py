@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; each subcommand module adds its own part."""
-    from sockact import layout, settings
+    from sockact import settings
     from sockact.controller import canary, probe, rollout, timeline, units
     from sockact.controller.verify import command as verify
     from sockact.runtime import commands, release
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary.add_subcommand(sub)
     timeline.add_subcommand(sub)
     rollout.add_subcommand(sub)
-    layout.add_subcommand(sub)
+    units.add_layout_subcommand(sub)
     settings.add_subcommand(sub)
     release.add_subcommand(sub)
     verify.add_subcommand(sub)

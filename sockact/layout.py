@@ -3,7 +3,8 @@ unit files, the Ansible role, the tests and the host checks share.
 
 Nothing else writes these facts down: the runtime takes the admin port from here, the
 units and the role take paths, colors and file names from here (the role through
-``sockact layout --json`` on the controller), and so do the tests.
+``sockact layout`` on the controller: sockact/controller/units.py prints
+:meth:`HostLayout.describe`), and so do the tests.
 
 >>> HostLayout("api").instance_config(101)
 '/etc/api/instances/101.toml'
@@ -13,8 +14,6 @@ units and the role take paths, colors and file names from here (the role through
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -194,28 +193,3 @@ class HostLayout:
             "listen_modes": list(DEPLOY_LISTEN_MODES),
             "serve_mode_of": dict(SERVE_MODE_OF),
         }
-
-
-def _layout_command(args: argparse.Namespace) -> int:
-    from sockact.controller.units import UnitOptions
-
-    # the same checks as units render: a name or path systemd would not take is exit 2
-    opts = UnitOptions(name=args.name, config_dir=args.config_dir, release_root=args.release_root)
-    layout = HostLayout(opts.name, opts.config_dir, opts.release_root)
-    print(json.dumps(layout.describe(), indent=2, sort_keys=True))
-    return 0
-
-
-def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``sockact layout``."""
-    p = sub.add_parser(
-        "layout",
-        help="print the host layout (paths, colors, admin ports, unit names) as JSON",
-        description="Print where a deploy keeps its files on a host, the colors' instance "
-        "numbers and the admin ports, as JSON: the Ansible role reads it on the controller.",
-        epilog="example: sockact layout --name api",
-    )
-    p.add_argument("--name", default=DEFAULT_NAME, help="unit name (default api)")
-    p.add_argument("--config-dir", default="", help="default /etc/<name>")
-    p.add_argument("--release-root", default="", help="default /opt/<name>")
-    p.set_defaults(func=_layout_command)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import math
 import os
 import posixpath
@@ -569,3 +570,27 @@ def render_command(args: argparse.Namespace) -> int:
     for path in write_units(opts, Path(args.out)):
         print(path)
     return 0
+
+
+def layout_command(args: argparse.Namespace) -> int:
+    """``sockact layout``: the host layout as JSON, after the same checks as ``units
+    render`` (a name or path systemd would not take is exit 2)."""
+    opts = UnitOptions(name=args.name, config_dir=args.config_dir, release_root=args.release_root)
+    host_layout = layout.HostLayout(opts.name, opts.config_dir, opts.release_root)
+    print(json.dumps(host_layout.describe(), indent=2, sort_keys=True))
+    return 0
+
+
+def add_layout_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``sockact layout`` (what the Ansible role reads on the controller)."""
+    p = sub.add_parser(
+        "layout",
+        help="print the host layout (paths, colors, admin ports, unit names) as JSON",
+        description="Print where a deploy keeps its files on a host, the colors' instance "
+        "numbers and the admin ports, as JSON: the Ansible role reads it on the controller.",
+        epilog="example: sockact layout --name api",
+    )
+    p.add_argument("--name", default=layout.DEFAULT_NAME, help="unit name (default api)")
+    p.add_argument("--config-dir", default="", help="default /etc/<name>")
+    p.add_argument("--release-root", default="", help="default /opt/<name>")
+    p.set_defaults(func=layout_command)
