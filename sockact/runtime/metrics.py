@@ -42,8 +42,9 @@ REQUEST_DURATION = "sockact_http_request_duration_seconds"
 #: upper bounds of its buckets in seconds (+Inf follows): fine below 10 ms, where a fast
 #: app's p99 lies, and up to 10 s
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: ``status_class`` of a request: its status' first digit, or ``none`` when no response
-#: was written (the client went away first)
+#: ``status_class`` of a request: its status' first digit, or ``none`` when it got no
+#: complete response (none was written: the client went away first; or the app failed
+#: after its response began, and the client got it cut off)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 #: the ``status`` label of a request that got no response
 NO_STATUS = 0
@@ -221,7 +222,7 @@ class _Collector(Collector):
         histogram = HistogramMetricFamily(
             REQUEST_DURATION,
             "Time from a request fully read to its response handed to the connection "
-            "(waiting for a worker thread included), by status class; none: no response.",
+            "(waiting for a worker thread included), by status class; none: no complete response.",
             labels=["status_class"],
         )
         for klass in STATUS_CLASSES:
@@ -234,7 +235,7 @@ class _Collector(Collector):
 
         requests = CounterMetricFamily(
             "sockact_http_requests",
-            "Requests answered, by HTTP status (none: no response was written).",
+            "Requests answered, by HTTP status (none: no complete response).",
             labels=["status"],
         )
         for status, count in sorted(s.by_status.items()):

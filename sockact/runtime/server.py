@@ -44,7 +44,7 @@ from wsgiref.types import WSGIApplication
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, TcpWSGIServer, UnixWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
@@ -127,6 +127,19 @@ class _ErrorTask(ErrorTask):  # type: ignore[misc]
 
 class _DrainingTask(WSGITask):  # type: ignore[misc]
     channel: _DrainingChannel
+
+    def execute(self) -> None:
+        try:
+            super().execute()
+        except ClientDisconnected:  # the client went away: it got what it waited for
+            raise
+        except Exception:
+            if self.wrote_header:
+                # the app failed once its response began: waitress closes the connection
+                # and the client gets that response cut off, which is no complete response
+                # (counted as none), not the status its header said
+                self.channel.status_sent = None
+            raise
 
     def build_response_header(self) -> bytes:
         channel = self.channel

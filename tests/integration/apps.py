@@ -31,7 +31,8 @@ def _json(start_response: StartResponse, status: str, body: dict[str, Any]) -> l
 
 def create_app() -> WSGIApplication:
     """``GET /`` (instance and pid), ``GET /slow?ms=N``, ``POST /echo`` (the body back),
-    ``GET /raise`` (raises before answering: waitress answers 500); 404 otherwise."""
+    ``GET /raise`` (raises before answering: waitress answers 500), ``GET /cut`` (raises
+    after its response began: the client gets a 200 cut off); 404 otherwise."""
     instance = int(os.environ.get("SOCKACT_INSTANCE", "0") or 0)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -50,9 +51,18 @@ def create_app() -> WSGIApplication:
             return _json(start_response, "200 OK", {**who, "echo": body.decode("latin-1")})
         if path == "/raise":
             raise RuntimeError("this route raises")
+        if path == "/cut":
+            return _cut(start_response)
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     return app
+
+
+def _cut(start_response: StartResponse) -> Iterable[bytes]:
+    """A 200 of 100 bytes that raises after the first 7 were sent."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "100")])
+    yield b"partial"
+    raise RuntimeError("this route fails after its response began")
 
 
 def not_callable() -> object:

@@ -39,6 +39,8 @@ from tests.needs import need
 SLOW_MS = 300
 #: what the module's instance is asked: status -> requests
 ASKED = {200: 6, 404: 1, 500: 2, 400: 1}
+#: and requests whose 200 the app cut off (it raised after the response began)
+CUT = 1
 
 
 @dataclass
@@ -46,6 +48,16 @@ class Served:
     sp: ServeProc
     #: a keep-alive connection left open on the main port
     conn: RawConn
+
+
+def _cut_response(port: int) -> bytes:
+    """``GET /cut``: the 200 header and 7 of the 100 bytes announced, then the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
 
 
 def _bad_request(port: int) -> bytes:
@@ -82,8 +94,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         for _ in range(ASKED[500]):
             assert http_get(sp.port, "/raise")[0] == 500
         assert _bad_request(sp.port).startswith(b"HTTP/1.1 400 ")
+        for _ in range(CUT):
+            cut = _cut_response(sp.port)
+            assert cut.startswith(b"HTTP/1.1 200 ") and cut.endswith(b"\r\n\r\npartial"), cut
         # each is counted right after its response is written: wait for the last one
-        total = sum(ASKED.values())
+        total = sum(ASKED.values()) + CUT
         poll(f"{total} requests counted", lambda: _count(scrape(sp)) == total, 10)
         yield Served(sp, conn)
     finally:
@@ -103,12 +118,15 @@ def _count(text: str) -> float:
 
 def test_requests_are_counted_by_the_status_the_client_got(served: Served) -> None:
     """Waitress's own answers count too: 500 for an app that raised (before: counted
-    as 200, the status a task starts with), 400 for a request it could not parse."""
+    as 200, the status a task starts with), 400 for a request it could not parse; a
+    response the app cut off after it began is no complete response (``none``), not the
+    200 its header said (the client got an error)."""
     text = scrape(served.sp)
     for status, count in ASKED.items():
         got = metric(text, "sockact_http_requests_total", status=str(status))
         assert got == count, (status, got, text)
-    by_class = {"2xx": 6, "4xx": 2, "5xx": 2, "1xx": 0, "3xx": 0, "none": 0}
+    assert metric(text, "sockact_http_requests_total", status="none") == CUT, text
+    by_class = {"2xx": 6, "4xx": 2, "5xx": 2, "1xx": 0, "3xx": 0, "none": CUT}
     for klass, count in by_class.items():
         assert metric(text, f"{REQUEST_DURATION}_count", status_class=klass) == count, klass
 
@@ -161,7 +179,7 @@ def test_phase_connections_warmup_and_build_info(served: Served) -> None:
 
 def test_the_canary_reads_it(served: Served) -> None:
     stats = canary.parse_metrics(scrape(served.sp))
-    assert (stats.requests, stats.errors) == (sum(ASKED.values()), ASKED[500])
+    assert (stats.requests, stats.errors) == (sum(ASKED.values()) + CUT, ASKED[500] + CUT)
     p99 = stats.quantile(0.99)
     assert p99 is not None and p99 > 0.25  # the slow request is the top 1%
 
