@@ -17,6 +17,9 @@ that host, so no install happens while the clock runs:
   deploy must not stop the serving color first.
 * killed before or once the record named the new color, then a re-run whose canary fails:
   the abort leaves the old color serving, recorded and enabled (never the stopped one).
+* killed during the canary, re-run while the old color answers no /ready: a deploy of a
+  third release is refused until it answers, then keeps it as the old color (not the
+  release whose canary never finished).
 * reboot (a real one: systemctl reboot in the host, which the lab boots again): killed once
   the new color started (not enabled, not recorded) and killed once the record is written
   (enablement flipped, old color still running); after the boot exactly the recorded color
@@ -41,6 +44,7 @@ from tests.ansible.playbooks import (
     BLUE,
     GREEN,
     HOST_LAYOUT,
+    active,
     admin_json,
     assert_converged,
     assert_load_ok,
@@ -342,6 +346,8 @@ def _release(h: Host, instances: list[int], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     try:
         for i in instances:
+            if active(h, [i]) != ["active"]:
+                continue  # stopped meanwhile (by a deploy that should not have)
             while admin_get(h, i, "/ready")[0] != 200:
                 assert time.monotonic() < deadline, f"{h.name}: instance {i} not ready again"
                 time.sleep(0.2)
