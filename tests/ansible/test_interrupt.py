@@ -17,6 +17,9 @@ that host, so no install happens while the clock runs:
   deploy must not stop the serving color first.
 * killed before or once the record named the new color, then a re-run whose canary fails:
   the abort leaves the old color serving, recorded and enabled (never the stopped one).
+* killed during the canary, re-run while the old color answers no /ready: a deploy of a
+  third release is refused until it answers, then keeps it as the old color (not the
+  release whose canary never finished).
 * reboot (a real one: systemctl reboot in the host, which the lab boots again): killed once
   the new color started (not enabled, not recorded) and killed once the record is written
   (enablement flipped, old color still running); after the boot exactly the recorded color
@@ -26,6 +29,8 @@ that host, so no install happens while the clock runs:
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +44,8 @@ from tests.ansible.playbooks import (
     BLUE,
     GREEN,
     HOST_LAYOUT,
+    active,
+    admin_json,
     assert_converged,
     assert_load_ok,
     diagnose,
@@ -48,9 +55,12 @@ from tests.ansible.playbooks import (
     playbook_killed,
     record,
     running_instances,
+    say,
+    snapshot,
     start_probe,
+    units,
 )
-from tests.system.hostsetup import host_now, stop_problems
+from tests.system.hostsetup import admin_get, host_now, stop_problems
 
 pytestmark = [pytest.mark.system, pytest.mark.ansible, pytest.mark.root, pytest.mark.slow]
 
@@ -315,3 +325,148 @@ def test_a_reboot_after_a_deploy_brings_back_the_recorded_color(
     h = alab.reboot(alab.hosts()[1].name)
     rec = _assert_boot_matches_record(h)
     assert_converged(h, rec["release"]["digest"])
+
+
+# --------------------------------------------------------------------------- an unfinished canary
+
+
+def _hold(h: Host, instances: list[int]) -> None:
+    """Make ``instances`` run without answering: SIGSTOP to every process of their units
+    (they stay active, their ports accept connections that nobody answers, so /ready
+    never answers), with the host's service watchdogs ignored meanwhile: the units'
+    ``WatchdogSec`` would otherwise have systemd abort and restart them within seconds."""
+    h.run("systemctl", "service-watchdogs", "no")
+    h.run("systemctl", "kill", "--signal=SIGSTOP", *units(instances))
+
+
+def _release(h: Host, instances: list[int], timeout: float = 60) -> None:
+    """Undo :func:`_hold`: SIGCONT, wait until each instance answers /ready again, then
+    the service watchdogs count again (the instances ping again by then)."""
+    h.run("systemctl", "kill", "--signal=SIGCONT", *units(instances), check=False)
+    deadline = time.monotonic() + timeout
+    try:
+        for i in instances:
+            if active(h, [i]) != ["active"]:
+                continue  # stopped meanwhile (by a deploy that should not have)
+            while admin_get(h, i, "/ready")[0] != 200:
+                assert time.monotonic() < deadline, f"{h.name}: instance {i} not ready again"
+                time.sleep(0.2)
+    finally:
+        h.run("systemctl", "service-watchdogs", "yes")
+
+
+def _intent(h: Host) -> dict[str, Any]:
+    out = h.run("cat", HOST_LAYOUT.deploy_intent, check=False).stdout
+    doc: dict[str, Any] = json.loads(out) if out.strip() else {}
+    return doc
+
+
+#: the canary of the run that is killed in its window (no load: the verdict never comes)
+UNFINISHED_CANARY = {"sockact_canary_seconds": 30}
+#: the canary of the deploy that gets through: some seconds of the light load; generous
+#: bounds (it must pass on a loaded 2-core machine: what it is compared with is the point)
+EASY_CANARY = {
+    "sockact_canary_seconds": 8,
+    "sockact_canary_min_requests": 20,
+    "sockact_canary_max_p99_ratio": 100,
+    "sockact_canary_p99_slack": 2.0,
+}
+
+
+def test_a_release_whose_canary_never_finished_is_never_kept_as_the_old_color(
+    ready: Path, hosts: list[Host], base_vars: dict[str, Any], rel: dict[str, Any]
+) -> None:
+    """A deploy of R2 killed during its canary (the intent says "pending") and re-run
+    while the old color (R1) runs but answers no /ready (its processes stopped by
+    SIGSTOP): the re-run can neither compare nor stop R2, which may be all that serves,
+    so R2 runs on with the intent kept. Then a deploy of R3:
+
+    * while R1 still answers nothing, nobody can tell which color serves: the run is
+      refused on that host with one line, and nothing on the host changes (files, units,
+      PIDs, enablement, record, intent);
+    * once R1 answers again (one of its instances stopped meanwhile, so that R2's color
+      serves more: with as many ready instances on each side the recorded color, R1's,
+      would be the old one anyway), R1's color is the old one (the canary's baseline, and
+      the color kept until R3 verified), R2's color is stopped first and R3 starts there;
+      0 failed requests, R3 recorded, enabled and alone running."""
+    h = hosts[0]
+    before = record(h)
+    cur = before["release"]["label"]
+    assert cur in ("v1", "v2"), before
+    bad = _other(cur)
+    old_color, old = before["color"], before["instances"]
+    new = GREEN if old == BLUE else BLUE
+    new_color = "green" if new == GREEN else "blue"
+    bad_short = f"{bad} {rel[bad]['digest'][:12]}"
+    v3 = {**base_vars, **rel["v3"]["vars"], **EASY_CANARY}
+    run = playbook("deploy.yml", ready, v3, "--tags", "install", "--limit", h.name)
+    assert run.rc == 0, run.tail()
+
+    # 1. R2's canary killed in its window, then re-run while R1 answers nothing
+    r2 = {**base_vars, **rel[bad]["vars"], **UNFINISHED_CANARY}
+    playbook_killed(
+        "deploy.yml", ready, r2, "Run the canary", "--limit", h.name, then=lambda: time.sleep(3)
+    )
+    assert _intent(h)["canary"]["state"] == "pending", _intent(h)
+    try:
+        _hold(h, old)
+        rerun = playbook("deploy.yml", ready, r2, "--limit", h.name)
+        intent = _intent(h)
+        say(f"re-run of {bad} with {old_color} stopped: rc={rerun.rc}, intent {intent}")
+        assert rerun.rc != 0, rerun.tail(100)
+        failed_at = re.search(r"failed on \S+ at '([^']*)'", rerun.text)
+        say(f"the re-run failed at {failed_at[1] if failed_at else '?'}")
+        assert f"rolled back: {new_color} left running" in rerun.text, rerun.tail(100)
+        assert intent["canary"]["state"] == "pending", intent
+        assert intent["to"]["release"]["digest"] == rel[bad]["digest"], intent
+        assert record(h) == before
+        assert enabled_instances(h) == old
+        assert running_instances(h) == sorted(old + new), diagnose([h])
+        for i in new:
+            assert admin_json(h, i, "/release")["digest"] == rel[bad]["digest"], i
+
+        # 2. R3 while R1 still answers nothing: refused, nothing changes
+        state = snapshot(h)
+        refused = playbook("deploy.yml", ready, v3, "--limit", h.name)
+        assert (
+            f"refusing to switch {h.name} to v3 {rel['v3']['digest'][:12]}: {new_color} runs "
+            f"{bad_short}, whose canary was not finished in an interrupted run, and "
+            f"{old_color} (release unknown) runs 2 instances but none answers /ready"
+        ) in refused.text, refused.tail(100)
+        assert refused.rc != 0, refused.tail(100)
+        assert "PLAY [Switch blue/green" in refused.output, refused.tail(100)
+        assert "TASK [sockact : Write the intent of this switch]" not in refused.output
+        assert snapshot(h) == state, diagnose([h])
+        assert _intent(h) == intent
+    finally:
+        # 3. R1 answers again, with one instance fewer
+        _release(h, old)
+
+    since = host_now(h)
+    h.run("systemctl", "stop", *units(old[1:]))
+    probe = start_probe([h], LIGHT)
+    try:
+        final = playbook("deploy.yml", ready, v3, "--limit", h.name)
+    finally:
+        report = probe.stop()
+    line = figures(f"{bad}'s canary never finished, then v3 on {h.name}", report)
+    assert final.rc == 0, final.tail(100)
+    assert (
+        f"{new_color} runs {bad_short}, whose canary was not finished in an interrupted run: "
+        f"{old_color} (1/2 ready) is kept as the old color and {new_color} is stopped first"
+    ) in final.text, final.tail(150)
+    assert f"{h.name}: {old_color} ({cur} {before['release']['digest'][:12]}, 1/2 ready) -> " in (
+        final.text
+    ), final.tail(150)
+    # R2's color stopped before R3 started in it; the canary compared R3 with R1
+    stop_first = final.output.find(f"TASK [sockact : Stop leftovers of the new color, {new_color}]")
+    start = final.output.find(f"TASK [sockact : Start the instances of {new_color}]")
+    assert 0 <= stop_first < start, final.tail(150)
+    assert f"{h.name}: canary of {new_color} (v3) against {old_color} ({cur})" in final.text, (
+        final.tail(150)
+    )
+    assert_load_ok(report, line)
+    rec = assert_converged(h, rel["v3"]["digest"])
+    assert (rec["color"], rec["instances"]) == (new_color, new), rec
+    assert rec["previous"]["digest"] == before["release"]["digest"], rec
+    assert stop_problems(h, old, since) == [], diagnose([h])

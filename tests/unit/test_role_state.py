@@ -540,3 +540,97 @@ def test_a_failed_canary_color_that_alone_runs_stays_old_but_is_never_recorded_b
         "disable": [],
         "restore_intent": True,
     }
+
+
+# ------------------------------------------------------------------- a taint carried over
+
+#: the R2 entry a switch to R3 (the target) writes into its intent while R2 runs
+R2_TAINT = {"label": "r2", "digest": R2}
+
+
+def r3_intent(canary: str, r3_canary: str | None = None) -> dict[str, Any]:
+    """The intent of a switch to R3 (the target) that found R2's ``canary`` state and was
+    killed in turn: its own canary ``r3_canary``, R2's carried over."""
+    return {
+        "action": "switch",
+        "from": {"color": "green", "release": BLUE_OLD["release"]},
+        "to": {"color": "blue", "release": TARGET, "config": "0" * 40},
+        "canary": {"state": r3_canary} if r3_canary else None,
+        "tainted": [{**R2_TAINT, "state": canary}],
+    }
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+def test_a_switch_carries_the_taints_it_found_into_its_own_intent(canary: str) -> None:
+    """The plan of R3 names R2 (the interrupted run's release whose canary failed or never
+    finished) as a release to carry over into R3's intent (tasks/switch.yml), whether R2
+    came from the intent's own target or was carried over by an earlier run; the target
+    and a passed canary are never carried."""
+    expect = [{**R2_TAINT, "state": canary}]
+    for intent in (r2_intent(canary), r3_intent(canary), r3_intent(canary, "pending")):
+        p = r2_plan(r2_units(("inactive", None, 0)), BLUE_OLD, intent)
+        assert p["tainted_releases"] == expect, intent
+        assert p["tainted"] == {"green": canary}
+    assert state.taints(r2_intent("passed"), TARGET) == []
+    assert state.taints(r2_intent(canary, TARGET), TARGET) == []
+    # the interrupted run's own target first, one entry per release, junk ignored
+    v4 = {"label": "v4", "digest": "d" * 64}
+    both = {
+        **r2_intent("pending"),
+        "tainted": [
+            {**R2_TAINT, "state": "failed"},
+            {**v4, "state": "failed"},
+            {**v4, "state": "passed"},
+            "junk",
+            {"state": "failed"},
+        ],
+    }
+    assert state.taints(both, TARGET) == [
+        {**R2_TAINT, "state": "pending"},
+        {**v4, "state": "failed"},
+    ]
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+@pytest.mark.parametrize("r3", ["not started", "ready"])
+def test_a_killed_switch_away_from_a_tainted_release_that_alone_serves_keeps_its_taint(
+    canary: str, r3: str
+) -> None:
+    """Green R2 (canary failed or never finished) was all that served; the switch to R3
+    wrote its intent (R2 carried over) and was killed, before blue started or once it
+    was ready. The re-run of R3 still knows R2: it is not recorded or enabled by an abort,
+    and the intent (with R2's verdict) is written back. Before, the re-run read only the
+    intent's own target (R3), and its abort named green R2 in the record."""
+    blue = ("inactive", None, 0) if r3 == "not started" else ("active", NEW, 2)
+    u = r2_units(blue)
+    for i in (1, 2):
+        u[i]["link"] = TARGET["dir"] if r3 == "ready" else V1_DIR
+        u[i]["config_ok"] = True
+    p = r2_plan(u, BLUE_OLD, r3_intent(canary, None if r3 == "not started" else "pending"))
+    expect = ("switch", "green", "blue") if r3 == "not started" else ("finish", "green", "blue")
+    assert (p["action"], p["old"], p["new"]) == expect, p
+    assert p["tainted"] == {"green": canary}
+    assert p["abort"] == {
+        "stops": True,
+        "record": None,
+        "enable": [],
+        "disable": [],
+        "restore_intent": True,
+    }
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+def test_a_carried_taint_beside_a_color_that_answers_no_ready_is_refused(canary: str) -> None:
+    """The same refusal as for the interrupted run's own release: green runs R2, known
+    from the carried list only, blue runs but answers no /ready."""
+    with pytest.raises(state.Refused) as caught:
+        r2_plan(r2_units(("active", OLD, 0)), BLUE_OLD, r3_intent(canary))
+    verdict = "failed" if canary == "failed" else "was not finished"
+    assert f"green runs r2 cccccccccccc, whose canary {verdict}" in str(caught.value)
+
+
+def test_the_switch_writes_the_taints_into_its_intent() -> None:
+    """tasks/switch.yml composes the intent with the plan's tainted_releases."""
+    text = (MODULE.parents[1] / "tasks/switch.yml").read_text()
+    task = text.split("- name: Compose the intent of this switch\n", 1)[1].split("\n- name:")[0]
+    assert '\n      tainted: "{{ _sockact_plan.tainted_releases }}"\n' in task, task

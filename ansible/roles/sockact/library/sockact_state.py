@@ -16,7 +16,9 @@ would write. The plan comes from that real state, never from the record alone:
   is the old color and the other one is started afresh (``switch``): its leftovers are
   stopped first, which is safe because they serve less than the old color does;
 * except a color serving a release whose canary failed or never finished in the
-  interrupted run the intent tells of (``tainted``, unless it is the target): the other
+  interrupted run the intent tells of, or in one before it whose intent that run carried
+  over (``tainted``, unless it is the target; a switch writes them into its own intent,
+  ``tainted_releases``, so that they outlive an interrupted switch away from them): the other
   color is the old one when it has a ready instance (the tainted one is stopped first:
   capacity lost, never the only serving color); when the other color runs but answers no
   ``/ready`` the module fails (:class:`Refused`), changing nothing; when nothing else
@@ -114,7 +116,9 @@ plan:
     .toml files, never the .env), the canary state an interrupted run of the same target
     left in its intent (canary_prior: pending, passed, failed or null), the old color's
     ready instances (canary_old), the colors that serve a release whose canary failed or
-    never finished in an interrupted run (tainted, color -> pending or failed) and what a
+    never finished in an interrupted run (tainted, color -> pending or failed), those
+    releases other than the target (tainted_releases, each label, digest and state: the
+    switch writes them into its intent as C(tainted)) and what a
     failure of the new color does (abort: stops, whether the new color is stopped; enable
     and disable, the enablement flip back; record, the record to write first, naming the
     old color, or null; restore_intent, whether the intent this run found is written
@@ -216,24 +220,58 @@ class Refused(ValueError):
     nothing."""
 
 
+TAINTED_STATES = ("failed", "pending")
+
+
+def taints(intent: dict[str, Any], target: dict[str, Any]) -> list[dict[str, str]]:
+    """The releases whose canary failed or never finished (``pending``) in an interrupted
+    run, as far as the intent knows them: that run's own target (its ``to`` release and
+    ``canary`` state), then those it carried over from the intent it found (its
+    ``tainted`` list, which a switch writes from this), except this run's target (then
+    :func:`canary_prior` carries the state over); each ``{label, digest, state}``, one per
+    digest. A switch writes them into its own intent, so that a run interrupted while a
+    tainted release is all that serves still knows it (the intent goes once a switch
+    completed, when only its target runs)."""
+    to = (intent.get("to") or {}).get("release") or {}
+    found = [{**to, "state": (intent.get("canary") or {}).get("state")}]
+    found += [t for t in intent.get("tainted") or [] if isinstance(t, dict)]
+    out: list[dict[str, str]] = []
+    for t in found:
+        digest = t.get("digest")
+        if (
+            isinstance(digest, str)
+            and digest
+            and digest != target.get("digest")
+            and t.get("state") in TAINTED_STATES
+            and digest not in {o["digest"] for o in out}
+        ):
+            out.append({"label": str(t.get("label") or "?"), "digest": digest, "state": t["state"]})
+    return out
+
+
+def _tainted_colors(
+    units: dict[int, dict[str, Any]], ready: dict[str, list[int]], known: list[dict[str, str]]
+) -> dict[str, dict[str, str]]:
+    """``{color: taint}`` of each color with a ready instance on a release of ``known``."""
+    out = {}
+    for c in COLORS:
+        runs = {units.get(i, {}).get("digest") for i in ready[c]}
+        hit = [t for t in known if t["digest"] in runs]
+        if hit:
+            out[c] = hit[0]
+    return out
+
+
 def tainted(
     units: dict[int, dict[str, Any]],
     intent: dict[str, Any],
     ready: dict[str, list[int]],
     target: dict[str, Any],
 ) -> dict[str, str]:
-    """``{color: canary state}`` of each color whose ready instances run the release of an
-    interrupted run whose canary ``failed`` or never finished (``pending``), unless that
-    release is this run's target (then :func:`canary_prior` carries the state over)."""
-    bad = ((intent.get("to") or {}).get("release") or {}).get("digest")
-    state = (intent.get("canary") or {}).get("state")
-    if not bad or bad == target.get("digest") or state not in ("failed", "pending"):
-        return {}
-    return {
-        c: str(state)
-        for c in COLORS
-        if ready[c] and any(units.get(i, {}).get("digest") == bad for i in ready[c])
-    }
+    """``{color: canary state}`` of each color whose ready instances run a release of
+    :func:`taints`: whose canary ``failed`` or never finished (``pending``) in an
+    interrupted run, unless that release is this run's target."""
+    return {c: t["state"] for c, t in _tainted_colors(units, ready, taints(intent, target)).items()}
 
 
 def plan(
@@ -397,7 +435,9 @@ def _plan(
             running[c].append(i)
     ready = {c: [i for i in want[c] if units.get(i, {}).get("ready")] for c in COLORS}
     digest = target["digest"]
-    bad = tainted(units, intent, ready, target)
+    known = taints(intent, target)
+    taint_of = _tainted_colors(units, ready, known)
+    bad = {c: t["state"] for c, t in taint_of.items()}
     on_target = {
         c: all(
             units.get(i, {}).get("ready")
@@ -452,6 +492,7 @@ def _plan(
             "disable": disable,
             "record_ok": record_ok,
             "tainted": bad,
+            "tainted_releases": known,
             "notes": notes,
             "summary": (
                 f"{describe(new)} already runs {_short(target)}: nothing to do"
@@ -480,10 +521,7 @@ def _plan(
         # finished): it is no baseline for a canary and no color to fall back to
         alt = other(old)
         verdict = "failed" if bad[old] == "failed" else "was not finished"
-        why = (
-            f"{old} runs {_short((intent.get('to') or {}).get('release'))}, whose canary "
-            f"{verdict} in an interrupted run"
-        )
+        why = f"{old} runs {_short(taint_of[old])}, whose canary {verdict} in an interrupted run"
         if alt in bad:
             notes.append(
                 f"{why}, as does {alt}: {old} stays the old color, so the canary's baseline "
@@ -531,6 +569,7 @@ def _plan(
         "disable": sorted(i for i in enabled if i not in want[new]),
         "record_ok": False,
         "tainted": bad,
+        "tainted_releases": known,
         "notes": notes,
         "summary": f"{describe(old)} -> {new} ({_short(target)}, {count} instances): switch",
     }
