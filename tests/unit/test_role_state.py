@@ -545,7 +545,7 @@ def test_a_failed_canary_color_that_alone_runs_stays_old_but_is_never_recorded_b
 # ------------------------------------------------------------------- a taint carried over
 
 #: the R2 entry a switch to R3 (the target) writes into its intent while R2 runs
-R2_TAINT = {"label": "r2", "digest": R2}
+R2_TAINT = {"label": "r2", "digest": R2, "config": "0" * 40}
 
 
 def r3_intent(canary: str, r3_canary: str | None = None) -> dict[str, Any]:
@@ -627,6 +627,40 @@ def test_a_carried_taint_beside_a_color_that_answers_no_ready_is_refused(canary:
         r2_plan(r2_units(("active", OLD, 0)), BLUE_OLD, r3_intent(canary))
     verdict = "failed" if canary == "failed" else "was not finished"
     assert f"green runs r2 cccccccccccc, whose canary {verdict}" in str(caught.value)
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+def test_a_release_known_only_as_carried_over_is_never_promoted_past_its_canary(
+    canary: str,
+) -> None:
+    """Green still runs R2 (its canary failed or never finished), carried over in the
+    intent of a later, interrupted switch to R3. The operator deploys R2 again with the
+    same settings: green is ready on that target (finish), and the carried state holds
+    as it would from R2's own intent (failed: rolled back at once; pending: compared
+    before anything is promoted). Other settings are a new deploy. Before, only the
+    intent's own target counted, and the finish promoted R2 without a canary."""
+    u = r2_units(("active", OLD, 2))
+    for i in (101, 102):
+        u[i]["config_ok"] = True
+    config = state.config_id(CONFIG, [101, 102])
+    carried = {**r3_intent(canary), "tainted": [{**R2_TAINT, "config": config, "state": canary}]}
+    args: tuple[Any, ...] = (
+        BLUE_OLD,
+        carried,
+        [1, 2],
+        2,
+        OFFSETS,
+        layout.MAX_PER_COLOR,
+        R2_RELEASE,
+        {},
+        CONFIG,
+    )
+    p = state.plan(u, *args)
+    assert (p["action"], p["new"], p["canary_prior"]) == ("finish", "green", canary), p
+    assert p["canary_kept"]["state"] == canary
+    assert "carried over by a later switch" in p["canary_kept"]["reasons"][0]
+    other = {**carried, "tainted": [{**R2_TAINT, "config": "1" * 40, "state": canary}]}
+    assert state.plan(u, BLUE_OLD, other, *args[2:])["canary_prior"] is None
 
 
 def test_the_switch_writes_the_taints_into_its_intent() -> None:

@@ -105,19 +105,22 @@ options:
 
 RETURN = r"""
 state:
-  description: record, intent, releases, units (per instance: unit state, enablement,
+  description: >-
+    record, intent, releases, units (per instance: unit state, enablement,
     ready, digest, link, config_ok and env_ok, whether its settings and environment files,
     or its environment file alone, are what this run writes), enabled instances.
   type: dict
   returned: always
 plan:
-  description: action (none, finish, switch), old and new color, what to start and stop,
+  description: >-
+    action (none, finish, switch), old and new color, what to start and stop,
     the new color's instances, the id of the new color's settings (config_id: their
     .toml files, never the .env), the canary state an interrupted run of the same target
-    left in its intent (canary_prior: pending, passed, failed or null), the old color's
+    left in its intent, its own or carried over (canary_prior: pending, passed, failed or
+    null; canary_kept: that canary, state and figures, as the new intent keeps it), the old color's
     ready instances (canary_old), the colors that serve a release whose canary failed or
     never finished in an interrupted run (tainted, color -> pending or failed), those
-    releases other than the target (tainted_releases, each label, digest and state: the
+    releases other than the target (tainted_releases, each label, digest, state and config: the
     switch writes them into its intent as C(tainted)) and what a
     failure of the new color does (abort: stops, whether the new color is stopped; enable
     and disable, the enablement flip back; record, the record to write first, naming the
@@ -126,24 +129,28 @@ plan:
   type: dict
   returned: when target is given
 targets:
-  description: Prometheus file_sd entries of the host's admin endpoints while both colors
+  description: >-
+    Prometheus file_sd entries of the host's admin endpoints while both colors
     run (overlap), once the old color stopped (after) and once the new one stopped
     (aborted), each C({targets, labels}) with labels color, sockact_instance, release,
     host.
   type: dict
   returned: when target is given
 now:
-  description: the host's clock (seconds since the epoch).
+  description: >-
+    the host's clock (seconds since the epoch).
   type: int
   returned: always
 prune:
-  description: release directories that may be removed once the planned switch is done
+  description: >-
+    release directories that may be removed once the planned switch is done
     (beyond keep, linked by no instance, neither the release recorded then nor the one
     before it).
   type: list
   returned: always
 unverified:
-  description: one line per checked instance that is not active, ready, answering /check
+  description: >-
+    one line per checked instance that is not active, ready, answering /check
     below 400 and running O(expect_digest).
   type: list
   returned: always
@@ -194,25 +201,51 @@ def config_id(expected_config: dict[str, str], instances: list[int]) -> str:
     ).hexdigest()
 
 
+#: the states of a canary in an intent
+CANARY_STATES = ("pending", "passed", "failed")
+#: the states that taint a release: its canary failed, or never finished
+TAINTED_STATES = ("failed", "pending")
+
+
+def canary_kept(
+    intent: dict[str, Any],
+    target: dict[str, Any],
+    config: str,
+    new_units: list[dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """The canary (``state``: pending, passed, failed; with its figures where known) that
+    the intent of an interrupted run left for this same target (release, settings in
+    ``config``, and the environment files on the host being this run's: no unit of
+    ``new_units`` with ``config_ok`` False), or None. Either that run's own canary (its
+    ``to`` release), or one carried over in its ``tainted`` list (that run found this
+    release's canary failed or unfinished, and switched away from it): a release is never
+    promoted past a verdict because another switch came in between."""
+    if any(u.get("config_ok") is False for u in new_units or []):
+        return None
+    to = intent.get("to") or {}
+    if (to.get("release") or {}).get("digest") == target.get("digest"):
+        if to.get("config") != config:
+            return None
+        canary = intent.get("canary") or {}
+        return dict(canary) if canary.get("state") in CANARY_STATES else None
+    for t in intent.get("tainted") or []:
+        if not isinstance(t, dict) or t.get("digest") != target.get("digest"):
+            continue
+        if t.get("config") == config and t.get("state") in TAINTED_STATES:
+            why = f"its canary {t['state']} in an interrupted run (carried over by a later switch)"
+            return {"state": t["state"], "reasons": [why]}
+    return None
+
+
 def canary_prior(
     intent: dict[str, Any],
     target: dict[str, Any],
     config: str,
     new_units: list[dict[str, Any]] | None = None,
 ) -> str | None:
-    """The canary state (pending, passed, failed) that the intent of an interrupted run
-    left for this same target (release, settings in ``config``, and the environment files
-    on the host being this run's: no unit of ``new_units`` with ``config_ok`` False), or
-    None."""
-    if any(u.get("config_ok") is False for u in new_units or []):
-        return None
-    to = intent.get("to") or {}
-    if (to.get("release") or {}).get("digest") != target.get("digest"):
-        return None
-    if to.get("config") != config:
-        return None
-    state = (intent.get("canary") or {}).get("state")
-    return state if state in ("pending", "passed", "failed") else None
+    """The state of :func:`canary_kept` (pending, passed, failed), or None."""
+    kept = canary_kept(intent, target, config, new_units)
+    return None if kept is None else str(kept["state"])
 
 
 class Refused(ValueError):
@@ -220,20 +253,19 @@ class Refused(ValueError):
     nothing."""
 
 
-TAINTED_STATES = ("failed", "pending")
-
-
 def taints(intent: dict[str, Any], target: dict[str, Any]) -> list[dict[str, str]]:
     """The releases whose canary failed or never finished (``pending``) in an interrupted
     run, as far as the intent knows them: that run's own target (its ``to`` release and
     ``canary`` state), then those it carried over from the intent it found (its
     ``tainted`` list, which a switch writes from this), except this run's target (then
-    :func:`canary_prior` carries the state over); each ``{label, digest, state}``, one per
+    :func:`canary_kept` carries the state over); each ``{label, digest, state, config}``
+    (config: the id of the settings it ran with, where known), one per
     digest. A switch writes them into its own intent, so that a run interrupted while a
     tainted release is all that serves still knows it (the intent goes once a switch
     completed, when only its target runs)."""
-    to = (intent.get("to") or {}).get("release") or {}
-    found = [{**to, "state": (intent.get("canary") or {}).get("state")}]
+    to_release = (intent.get("to") or {}).get("release") or {}
+    state = (intent.get("canary") or {}).get("state")
+    found = [{**to_release, "state": state, "config": (intent.get("to") or {}).get("config")}]
     found += [t for t in intent.get("tainted") or [] if isinstance(t, dict)]
     out: list[dict[str, str]] = []
     for t in found:
@@ -245,7 +277,10 @@ def taints(intent: dict[str, Any], target: dict[str, Any]) -> list[dict[str, str
             and t.get("state") in TAINTED_STATES
             and digest not in {o["digest"] for o in out}
         ):
-            out.append({"label": str(t.get("label") or "?"), "digest": digest, "state": t["state"]})
+            entry = {"label": str(t.get("label") or "?"), "digest": digest, "state": t["state"]}
+            if isinstance(t.get("config"), str):  # the settings it ran with (canary_kept)
+                entry["config"] = t["config"]
+            out.append(entry)
     return out
 
 
@@ -312,9 +347,11 @@ def plan(
     new, old = decided["new"], decided["old"]
     decided["instances"] = instances_of(new, count, offsets)
     decided["config_id"] = config_id(expected_config or {}, decided["instances"])
-    decided["canary_prior"] = canary_prior(
+    kept = canary_kept(
         intent, target, decided["config_id"], [units.get(i, {}) for i in decided["instances"]]
     )
+    decided["canary_kept"] = kept
+    decided["canary_prior"] = None if kept is None else kept["state"]
     decided["canary_old"] = (
         [i for i in instances_of(old, count, offsets) if units.get(i, {}).get("ready")]
         if old
