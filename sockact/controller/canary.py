@@ -294,6 +294,12 @@ class Side:
     #: p99_ms is a floor: the p99 lies above the largest bucket bound compared
     p99_above: bool = False
 
+    @property
+    def exact_ratio(self) -> float:
+        """errors / requests unrounded: what the verdict's reasons say (``error_ratio``
+        keeps 5 decimals for the JSON; rounding that again could show another figure)."""
+        return self.errors / self.requests if self.requests else 0.0
+
     @classmethod
     def of(cls, stats: Stats) -> Side:
         p99 = stats.quantile(0.99)
@@ -333,7 +339,7 @@ class Verdict:
             f"canary over {self.window:.0f} s     old color      new color",
             f"  requests         {self.old.requests:>9}      {self.new.requests:>9}",
             f"  5xx or none      {self.old.errors:>9}      {self.new.errors:>9}",
-            f"  error ratio      {self.old.error_ratio:>9.2%}      {self.new.error_ratio:>9.2%}",
+            f"  error ratio      {self.old.exact_ratio:>9.2%}      {self.new.exact_ratio:>9.2%}",
             f"  p99              {p99(self.old):>9}      {p99(self.new):>9}",
             "  verdict: " + ("pass" if self.ok else "FAIL: " + "; ".join(self.reasons)),
         ]

@@ -99,6 +99,21 @@ def test_five_percent_errors_only_under_load_fail() -> None:
     assert "FAIL" in verdict.table()
 
 
+def test_the_table_and_the_reason_show_the_same_error_ratio() -> None:
+    """36 errors in 715 requests (5.0349...%): the JSON keeps 5 decimals (0.05035), but the
+    table rounded that again to 5.04% beside a reason that said 5.03% (a bad canary on a
+    lab host printed both)."""
+    verdict = canary.analyse(
+        canary.Stats(2122.0, 0.0, {0.005: 2122.0, float("inf"): 2122.0}),
+        canary.Stats(715.0, 36.0, {0.005: 715.0, float("inf"): 715.0}),
+        canary.Thresholds(min_requests=200),
+        15,
+    )
+    assert "error ratio 5.03% > old 0.00% + 1.00%" in verdict.reasons[0], verdict.reasons
+    row = next(line for line in verdict.table().splitlines() if "error ratio" in line)
+    assert row.split() == ["error", "ratio", "0.00%", "5.03%"], row
+
+
 def test_a_tripled_p99_fails() -> None:
     verdict = run_window((300, 0.04, 0), (300, 0.2, 0))
     assert not verdict.ok
