@@ -515,10 +515,81 @@ def test_the_target_itself_or_a_passed_canary_is_no_failed_color() -> None:
     for intent in (r2_intent("failed", TARGET), r2_intent("passed")):
         p = r2_plan(u, BLUE_OLD, intent)
         assert (p["action"], p["old"], p["new"], p["tainted"]) == ("switch", "green", "blue", {})
-    # the target on green, partly ready: restarted in green, blue not stopped first
+    # the target on green, partly ready, running this run's settings (config_ok), which
+    # are not the ones its canary judged: restarted in blue, blue not stopped first...
     u = units(blue=("active", OLD, 0), green=("active", NEW, 1))
+    for i in (101, 102):
+        u[i]["config_ok"] = True
     p = r2_plan(u, BLUE_OLD, r2_intent("failed", TARGET))
     assert (p["old"], p["new"], p["tainted"]) == ("green", "blue", {})
+    # ...but with the judged settings the verdict stands: refused like any failed color
+    judged = r2_intent("failed", TARGET)
+    judged["to"]["config"] = state.config_id(CONFIG, [101, 102])
+    with pytest.raises(state.Refused):
+        r2_plan(u, BLUE_OLD, judged)
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+def test_a_failed_release_deployed_again_with_other_settings_is_not_the_old_color(
+    canary: str,
+) -> None:
+    """Green runs R2 with the settings its canary judged (failed or unfinished); the
+    operator deploys R2 again with other settings while blue v1 has 1 of 2 ready. R2 is
+    the target, yet green is no finish (other settings) and must not be the old color:
+    blue is, green is stopped first and restarted, and an abort never names green. Before,
+    a target's own taint was dropped: green was old, blue's only ready instance was
+    stopped first, and an abort recorded and enabled green R2."""
+    u = r2_units(("active", OLD, 1))
+    for i in (101, 102):
+        u[i]["config_ok"] = False  # the judged settings, not this run's
+    p = state.plan(
+        u,
+        BLUE_OLD,
+        r2_intent(canary),
+        [1, 2],
+        2,
+        OFFSETS,
+        layout.MAX_PER_COLOR,
+        R2_RELEASE,
+        {OLD: "v1", R2: "r2"},
+        CONFIG,
+        R2_RELEASES,
+        host="web1",
+        name="api",
+    )
+    assert (p["action"], p["old"], p["new"]) == ("switch", "blue", "green"), p
+    assert p["tainted"] == {"green": canary}
+    assert p["stop_first"] == [101, 102]
+    assert p["abort"]["record"] is None and p["abort"]["enable"] == []
+
+
+@pytest.mark.parametrize("canary", ["failed", "pending"])
+def test_a_failed_color_is_known_by_its_links_when_nothing_answers_ready(canary: str) -> None:
+    """No instance answers /ready or /release (a loaded host): the old color is the one
+    with most running units. Green runs R2 (known from its instance links), blue v1 runs
+    one: which serves is unknown, so the plan is refused. Before, a failed color was
+    known only by ready instances: green was old, and an abort recorded and enabled it."""
+    u = r2_units(("inactive", None, 0), green_ready=0)
+    for i in (101, 102):
+        u[i]["digest"] = None
+    u[1].update(active_state="active", digest=None)
+    with pytest.raises(state.Refused) as caught:
+        r2_plan(u, BLUE_OLD, r2_intent(canary))
+    assert "green runs r2 cccccccccccc" in str(caught.value)
+
+
+def test_a_carried_canary_keeps_its_window_and_reasons() -> None:
+    """R2's unfinished canary (20 s) carried over by a killed switch to R3: deploying R2
+    again with the same settings runs it for its own window, even with this run's canary
+    turned off; a failed one keeps its reasons."""
+    config = state.config_id(CONFIG, [101, 102])
+    for canary, extra in (("pending", {"seconds": 20}), ("failed", {"reasons": ["5xx 5%"]})):
+        intent = {**r2_intent(canary), "canary": {"state": canary, **extra}}
+        intent["to"]["config"] = config
+        carried = {**r3_intent("failed"), "tainted": state.taints(intent)}
+        kept = state.canary_kept(carried, R2_RELEASE, config)
+        assert kept is not None and kept["state"] == canary
+        assert {k: kept[k] for k in extra} == extra
 
 
 @pytest.mark.parametrize("canary", ["failed", "pending"])
@@ -554,7 +625,8 @@ def r3_intent(canary: str, r3_canary: str | None = None) -> dict[str, Any]:
     return {
         "action": "switch",
         "from": {"color": "green", "release": BLUE_OLD["release"]},
-        "to": {"color": "blue", "release": TARGET, "config": "0" * 40},
+        # the settings this run writes for blue (the test's CONFIG)
+        "to": {"color": "blue", "release": TARGET, "config": state.config_id(CONFIG, [1, 2])},
         "canary": {"state": r3_canary} if r3_canary else None,
         "tainted": [{**R2_TAINT, "state": canary}],
     }
@@ -571,8 +643,11 @@ def test_a_switch_carries_the_taints_it_found_into_its_own_intent(canary: str) -
         p = r2_plan(r2_units(("inactive", None, 0)), BLUE_OLD, intent)
         assert p["tainted_releases"] == expect, intent
         assert p["tainted"] == {"green": canary}
-    assert state.taints(r2_intent("passed"), TARGET) == []
-    assert state.taints(r2_intent(canary, TARGET), TARGET) == []
+    assert state.taints(r2_intent("passed")) == []
+    # this run's own target with this run's settings: its own intent speaks for it
+    same = r2_intent(canary, TARGET)
+    same["to"]["config"] = state.config_id(CONFIG, [1, 2])
+    assert r2_plan(r2_units(("inactive", None, 0)), BLUE_OLD, same)["tainted_releases"] == []
     # the interrupted run's own target first, one entry per release, junk ignored
     v4 = {"label": "v4", "digest": "d" * 64}
     both = {
@@ -585,7 +660,7 @@ def test_a_switch_carries_the_taints_it_found_into_its_own_intent(canary: str) -
             {"state": "failed"},
         ],
     }
-    assert state.taints(both, TARGET) == [
+    assert state.taints(both) == [
         {**R2_TAINT, "state": "pending"},
         {**v4, "state": "failed"},
     ]
@@ -609,7 +684,9 @@ def test_a_killed_switch_away_from_a_tainted_release_that_alone_serves_keeps_its
     p = r2_plan(u, BLUE_OLD, r3_intent(canary, None if r3 == "not started" else "pending"))
     expect = ("switch", "green", "blue") if r3 == "not started" else ("finish", "green", "blue")
     assert (p["action"], p["old"], p["new"]) == expect, p
-    assert p["tainted"] == {"green": canary}
+    # blue, ready on R3 with the settings of R3's own unfinished canary, is judged too
+    r3_judged = {} if r3 == "not started" else {"blue": "pending"}
+    assert p["tainted"] == {"green": canary, **r3_judged}
     assert p["abort"] == {
         "stops": True,
         "record": None,

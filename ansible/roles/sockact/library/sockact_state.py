@@ -15,9 +15,11 @@ would write. The plan comes from that real state, never from the record alone:
 * otherwise the color that serves (the most ready instances; on a tie the recorded one)
   is the old color and the other one is started afresh (``switch``): its leftovers are
   stopped first, which is safe because they serve less than the old color does;
-* except a color serving a release whose canary failed or never finished in the
+* except a color running a release whose canary failed or never finished in the
   interrupted run the intent tells of, or in one before it whose intent that run carried
-  over (``tainted``, unless it is the target; a switch writes them into its own intent,
+  over (``tainted``: known by the digest its instances report, else by their links; this
+  run's target too, where its instances do not run this run's settings or this run's
+  settings are the judged ones; a switch writes them into its own intent,
   ``tainted_releases``, so that they outlive an interrupted switch away from them): the other
   color is the old one when it has a ready instance (the tainted one is stopped first:
   capacity lost, never the only serving color); when the other color runs but answers no
@@ -233,7 +235,10 @@ def canary_kept(
             continue
         if t.get("config") == config and t.get("state") in TAINTED_STATES:
             why = f"its canary {t['state']} in an interrupted run (carried over by a later switch)"
-            return {"state": t["state"], "reasons": [why]}
+            kept: dict[str, Any] = {"state": t["state"], "reasons": t.get("reasons") or [why]}
+            if isinstance(t.get("seconds"), (int, float)):
+                kept["seconds"] = t["seconds"]
+            return kept
     return None
 
 
@@ -253,60 +258,99 @@ class Refused(ValueError):
     nothing."""
 
 
-def taints(intent: dict[str, Any], target: dict[str, Any]) -> list[dict[str, str]]:
+def taints(intent: dict[str, Any]) -> list[dict[str, Any]]:
     """The releases whose canary failed or never finished (``pending``) in an interrupted
     run, as far as the intent knows them: that run's own target (its ``to`` release and
-    ``canary`` state), then those it carried over from the intent it found (its
-    ``tainted`` list, which a switch writes from this), except this run's target (then
-    :func:`canary_kept` carries the state over); each ``{label, digest, state, config}``
-    (config: the id of the settings it ran with, where known), one per
-    digest. A switch writes them into its own intent, so that a run interrupted while a
-    tainted release is all that serves still knows it (the intent goes once a switch
-    completed, when only its target runs)."""
-    to_release = (intent.get("to") or {}).get("release") or {}
-    state = (intent.get("canary") or {}).get("state")
-    found = [{**to_release, "state": state, "config": (intent.get("to") or {}).get("config")}]
+    ``canary``), then those it carried over from the intent it found (its ``tainted``
+    list, which a switch writes from this); each ``{label, digest, state, config}`` (config:
+    the id of the settings it ran with; ``seconds`` and ``reasons`` of its canary where
+    known), one per release and settings. A switch writes them into its own intent, so
+    that a run interrupted while a tainted release is all that serves still knows it, and
+    a deploy of it again with the same settings finds its verdict (:func:`canary_kept`);
+    the intent goes once a switch completed, when only its target runs."""
+    to = intent.get("to") or {}
+    canary = intent.get("canary") or {}
+    found = [{**(to.get("release") or {}), **canary, "config": to.get("config")}]
     found += [t for t in intent.get("tainted") or [] if isinstance(t, dict)]
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
+    # the first word on a release and settings stands: the intent's own canary (passed
+    # too) over what it carried over
+    seen: set[tuple[Any, Any]] = set()
     for t in found:
         digest = t.get("digest")
-        if (
-            isinstance(digest, str)
-            and digest
-            and digest != target.get("digest")
-            and t.get("state") in TAINTED_STATES
-            and digest not in {o["digest"] for o in out}
-        ):
-            entry = {"label": str(t.get("label") or "?"), "digest": digest, "state": t["state"]}
-            if isinstance(t.get("config"), str):  # the settings it ran with (canary_kept)
-                entry["config"] = t["config"]
-            out.append(entry)
+        key = (digest, t.get("config"))
+        if key in seen:
+            continue
+        seen.add(key)
+        if not (isinstance(digest, str) and digest and t.get("state") in TAINTED_STATES):
+            continue
+        entry: dict[str, Any] = {
+            "label": str(t.get("label") or "?"),
+            "digest": digest,
+            "state": t["state"],
+        }
+        if isinstance(t.get("config"), str):
+            entry["config"] = t["config"]
+        if isinstance(t.get("seconds"), (int, float)):
+            entry["seconds"] = t["seconds"]
+        if isinstance(t.get("reasons"), list):
+            entry["reasons"] = [str(r) for r in t["reasons"]]
+        out.append(entry)
     return out
 
 
+def _release_of_unit(unit: dict[str, Any], releases: list[dict[str, Any]]) -> str | None:
+    """The digest ``unit`` runs: as it reports it, else its instance link's release (an
+    instance too busy to answer /release still runs what its link pointed at)."""
+    if unit.get("digest"):
+        return str(unit["digest"])
+    for r in releases:
+        if r.get("dir") and r["dir"] == unit.get("link") and r.get("digest"):
+            return str(r["digest"])
+    return None
+
+
 def _tainted_colors(
-    units: dict[int, dict[str, Any]], ready: dict[str, list[int]], known: list[dict[str, str]]
-) -> dict[str, dict[str, str]]:
-    """``{color: taint}`` of each color with a ready instance on a release of ``known``."""
+    units: dict[int, dict[str, Any]],
+    running: dict[str, list[int]],
+    known: list[dict[str, Any]],
+    target: dict[str, Any],
+    configs: dict[str, str],
+    releases: list[dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """``{color: taint}`` of each color with a running instance on a release of ``known``
+    (its digest as reported, else from its link). This run's own target is a taint only
+    where the verdict applies: an instance that does not run this run's settings
+    (``config_ok`` not True), or this run's settings for that color (``configs``) being
+    the ones the canary judged."""
     out = {}
     for c in COLORS:
-        runs = {units.get(i, {}).get("digest") for i in ready[c]}
-        hit = [t for t in known if t["digest"] in runs]
-        if hit:
-            out[c] = hit[0]
+        for i in running[c]:
+            unit = units.get(i, {})
+            runs = _release_of_unit(unit, releases)
+            for t in known:
+                if t["digest"] != runs:
+                    continue
+                if t["digest"] == target.get("digest"):
+                    fresh = unit.get("config_ok") is True and t.get("config") != configs.get(c)
+                    if fresh:
+                        continue
+                out.setdefault(c, t)
     return out
 
 
 def tainted(
     units: dict[int, dict[str, Any]],
     intent: dict[str, Any],
-    ready: dict[str, list[int]],
+    running: dict[str, list[int]],
     target: dict[str, Any],
+    configs: dict[str, str] | None = None,
+    releases: list[dict[str, Any]] | None = None,
 ) -> dict[str, str]:
-    """``{color: canary state}`` of each color whose ready instances run a release of
-    :func:`taints`: whose canary ``failed`` or never finished (``pending``) in an
-    interrupted run, unless that release is this run's target."""
-    return {c: t["state"] for c, t in _tainted_colors(units, ready, taints(intent, target)).items()}
+    """``{color: canary state}`` of each color that runs a release of :func:`taints`
+    (see :func:`_tainted_colors`)."""
+    colors = _tainted_colors(units, running, taints(intent), target, configs or {}, releases or [])
+    return {c: str(t["state"]) for c, t in colors.items()}
 
 
 def plan(
@@ -331,6 +375,7 @@ def plan(
     instance link points at, or None); ``releases`` the installed ones (:func:`_releases`).
     Raises :class:`Refused` (naming ``host`` and the ``name@`` units) when no plan is safe.
     """
+    configs = {c: config_id(expected_config or {}, instances_of(c, count, offsets)) for c in COLORS}
     decided = _plan(
         units,
         record,
@@ -343,6 +388,8 @@ def plan(
         labels or {},
         host,
         name,
+        configs,
+        releases or [],
     )
     new, old = decided["new"], decided["old"]
     decided["instances"] = instances_of(new, count, offsets)
@@ -351,6 +398,12 @@ def plan(
         intent, target, decided["config_id"], [units.get(i, {}) for i in decided["instances"]]
     )
     decided["canary_kept"] = kept
+    # this run's own canary (the intent's `to`) speaks for its target with its settings
+    decided["tainted_releases"] = [
+        t
+        for t in decided["tainted_releases"]
+        if (t["digest"], t.get("config")) != (target.get("digest"), decided["config_id"])
+    ]
     decided["canary_prior"] = None if kept is None else kept["state"]
     decided["canary_old"] = (
         [i for i in instances_of(old, count, offsets) if units.get(i, {}).get("ready")]
@@ -463,6 +516,8 @@ def _plan(
     labels: dict[str, str],
     host: str,
     name: str,
+    configs: dict[str, str],
+    releases: list[dict[str, Any]],
 ) -> dict[str, Any]:
     want = {c: instances_of(c, count, offsets) for c in COLORS}
     running: dict[str, list[int]] = {c: [] for c in COLORS}
@@ -472,8 +527,8 @@ def _plan(
             running[c].append(i)
     ready = {c: [i for i in want[c] if units.get(i, {}).get("ready")] for c in COLORS}
     digest = target["digest"]
-    known = taints(intent, target)
-    taint_of = _tainted_colors(units, ready, known)
+    known = taints(intent)
+    taint_of = _tainted_colors(units, running, known, target, configs, releases)
     bad = {c: t["state"] for c, t in taint_of.items()}
     on_target = {
         c: all(
