@@ -16,7 +16,7 @@ by itself on exit 7.
 Both figures come from the histogram ``sockact_http_request_duration_seconds`` (label
 ``status_class``): requests are its ``_count``, errors the ``_count`` of ``5xx`` and of
 ``none`` (no complete response: none written, the connection cut, or a response the app
-failed in after it began), and the p99 is estimated from its buckets the way Prometheus'
+cut short), and the p99 is estimated from its buckets the way Prometheus'
 ``histogram_quantile`` does, on the bucket bounds both colors have (a release with other
 buckets is compared on the ones in common).
 

@@ -43,8 +43,9 @@ REQUEST_DURATION = "sockact_http_request_duration_seconds"
 #: app's p99 lies, and up to 10 s
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: ``status_class`` of a request: its status' first digit, or ``none`` when it got no
-#: complete response (none was written: the client went away first; or the app failed
-#: after its response began, and the client got it cut off)
+#: complete response (none was written: the client went away first; or the client got it
+#: cut off: the app raised after its response began, or gave fewer bytes than its
+#: Content-Length)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 #: the ``status`` label of a request that got no response
 NO_STATUS = 0

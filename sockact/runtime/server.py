@@ -44,6 +44,7 @@ from wsgiref.types import WSGIApplication
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
+from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, TcpWSGIServer, UnixWSGIServer
@@ -129,6 +130,7 @@ class _DrainingTask(WSGITask):  # type: ignore[misc]
     channel: _DrainingChannel
 
     def execute(self) -> None:
+        self.channel.file_body = False
         try:
             super().execute()
         except ClientDisconnected:  # the client went away: it got what it waited for
@@ -140,6 +142,20 @@ class _DrainingTask(WSGITask):  # type: ignore[misc]
                 # (counted as none), not the status its header said
                 self.channel.status_sent = None
             raise
+        if self.cut_short():
+            self.channel.status_sent = None
+
+    def cut_short(self) -> bool:
+        """The app gave fewer bytes than its Content-Length: waitress's own test (it then
+        closes the connection, "application returned too few bytes"), except for a body
+        through ``wsgi.file_wrapper``, which the channel sends after the task."""
+        length = self.content_length
+        return (
+            length is not None
+            and self.request.command != "HEAD"
+            and not self.channel.file_body
+            and self.content_bytes_written != length
+        )
 
     def build_response_header(self) -> bytes:
         channel = self.channel
@@ -167,6 +183,8 @@ class _DrainingChannel(HTTPChannel):  # type: ignore[misc]
     status_sent: str | None = None
     #: set when the drain cuts this channel at drain_timeout (counted there)
     cut = False
+    #: the task being answered handed its body over as a ``wsgi.file_wrapper``
+    file_body = False
 
     def service(self) -> None:
         """waitress's own (one request: the app's answer, or waitress's error response),
@@ -181,6 +199,12 @@ class _DrainingChannel(HTTPChannel):  # type: ignore[misc]
         finally:
             started = request.completed_at or time.perf_counter()
             metrics.request_finished(status_code(self.status_sent), time.perf_counter() - started)
+
+    def write_soon(self, data: bytes | ReadOnlyFileBasedBuffer) -> int:
+        if isinstance(data, ReadOnlyFileBasedBuffer):
+            self.file_body = True
+        written: int = super().write_soon(data)
+        return written
 
     def idle(self) -> bool:
         """No request being read, queued or answered, and nothing left to send."""

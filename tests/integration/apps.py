@@ -8,6 +8,7 @@ behaviour and nothing else.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -32,7 +33,10 @@ def _json(start_response: StartResponse, status: str, body: dict[str, Any]) -> l
 def create_app() -> WSGIApplication:
     """``GET /`` (instance and pid), ``GET /slow?ms=N``, ``POST /echo`` (the body back),
     ``GET /raise`` (raises before answering: waitress answers 500), ``GET /cut`` (raises
-    after its response began: the client gets a 200 cut off); 404 otherwise."""
+    after its response began: the client gets a 200 cut off), ``GET /short`` (5 of the 100
+    bytes its Content-Length announces: waitress closes the connection), ``GET /file``
+    (its body through ``wsgi.file_wrapper``, which waitress sends after the task); 404
+    otherwise."""
     instance = int(os.environ.get("SOCKACT_INSTANCE", "0") or 0)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -53,6 +57,14 @@ def create_app() -> WSGIApplication:
             raise RuntimeError("this route raises")
         if path == "/cut":
             return _cut(start_response)
+        if path == "/short":
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "100")])
+            return [b"short"]
+        if path == "/file":
+            body = json.dumps(who).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            wrapper: Any = environ["wsgi.file_wrapper"]
+            return wrapper(io.BytesIO(body))  # type: ignore[no-any-return]
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     return app
