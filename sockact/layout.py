@@ -170,7 +170,7 @@ class HostLayout:
         return [self.instance_unit_file]
 
     def describe(self) -> dict[str, Any]:
-        """Everything above as plain data (what ``sockact layout --json`` prints)."""
+        """Everything above as plain data (what ``sockact layout`` prints as JSON)."""
         return {
             **asdict(self),
             "deploy_record": self.deploy_record,
