@@ -449,7 +449,10 @@ def r2_units(blue: tuple[str, str | None, int], green_ready: int = 2) -> dict[in
 
 
 def r2_plan(
-    u: dict[int, dict[str, Any]], record: dict[str, Any], intent: dict[str, Any]
+    u: dict[int, dict[str, Any]],
+    record: dict[str, Any],
+    intent: dict[str, Any],
+    target: dict[str, Any] = TARGET,
 ) -> dict[str, Any]:
     enabled = [int(i) for i in record.get("instances", [])]
     result: dict[str, Any] = state.plan(
@@ -460,7 +463,7 @@ def r2_plan(
         2,
         OFFSETS,
         layout.MAX_PER_COLOR,
-        TARGET,
+        target,
         {OLD: "v1", R2: "r2"},
         CONFIG,
         R2_RELEASES,
@@ -553,21 +556,7 @@ def test_a_failed_release_deployed_again_with_other_settings_is_not_the_old_colo
     u = r2_units(("active", OLD, 1))
     for i in (101, 102):
         u[i]["config_ok"] = False  # the judged settings, not this run's
-    p = state.plan(
-        u,
-        BLUE_OLD,
-        r2_intent(canary),
-        [1, 2],
-        2,
-        OFFSETS,
-        layout.MAX_PER_COLOR,
-        R2_RELEASE,
-        {OLD: "v1", R2: "r2"},
-        CONFIG,
-        R2_RELEASES,
-        host="web1",
-        name="api",
-    )
+    p = r2_plan(u, BLUE_OLD, r2_intent(canary), R2_RELEASE)
     assert (p["action"], p["old"], p["new"]) == ("switch", "blue", "green"), p
     assert p["tainted"] == {"green": canary}
     assert p["stop_first"] == [101, 102]
