@@ -339,20 +339,6 @@ def _tainted_colors(
     return out
 
 
-def tainted(
-    units: dict[int, dict[str, Any]],
-    intent: dict[str, Any],
-    running: dict[str, list[int]],
-    target: dict[str, Any],
-    configs: dict[str, str] | None = None,
-    releases: list[dict[str, Any]] | None = None,
-) -> dict[str, str]:
-    """``{color: canary state}`` of each color that runs a release of :func:`taints`
-    (see :func:`_tainted_colors`)."""
-    colors = _tainted_colors(units, running, taints(intent), target, configs or {}, releases or [])
-    return {c: str(t["state"]) for c, t in colors.items()}
-
-
 def plan(
     units: dict[int, dict[str, Any]],
     record: dict[str, Any],
