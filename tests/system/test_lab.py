@@ -210,17 +210,24 @@ def _wait_exec(pid: int) -> None:
         time.sleep(0.01)
 
 
+def _a_hosts_root(tmp_path: Path) -> tuple[Path, Path]:
+    """A lab directory with one host's root in it, as a killed ``up`` leaves them (no state
+    file): the lab directory and the root. Skips where a lab cannot run."""
+    reason = lab_skip_reason()
+    if reason:
+        cannot_run(reason)
+    directory = tmp_path / "lab"
+    root = directory / "sockact-9" / "root"
+    root.mkdir(parents=True)
+    return directory, root
+
+
 def test_down_waits_for_a_mount_a_killed_up_left(tmp_path: Path) -> None:
     """A SIGKILLed ``up`` leaves its running ``mount`` of a host's overlay behind, and the
     mount can land after ``down`` looked (CI saw "sockact-3 still has mounts"). ``down``
     waits for the commands ``up`` runs on the lab's paths, then unmounts what they did.
     The stand-in is a shell named ``mount`` (as ``ps`` shows it) that mounts 2 s later."""
-    reason = lab_skip_reason()
-    if reason:
-        cannot_run(reason)
-    directory = tmp_path / "lab"
-    target = directory / "sockact-9" / "root"
-    target.mkdir(parents=True)
+    directory, target = _a_hosts_root(tmp_path)
     script = 'sleep 2; mount -t tmpfs sockact-lab-test "$0"'
     helper = subprocess.Popen(["mount", "-c", script, str(target)], executable="/bin/sh")
     try:
@@ -243,12 +250,7 @@ def test_down_stops_the_shell_that_would_become_nspawn(tmp_path: Path) -> None:
     """``up`` starts each nspawn as ``sh -c '<join cgroups>; exec "$@"' sh systemd-nspawn
     -D <root>``: a run killed before the ``exec`` leaves that shell, which would boot the
     host after ``down``. ``down`` stops it like a leftover nspawn."""
-    reason = lab_skip_reason()
-    if reason:
-        cannot_run(reason)
-    directory = tmp_path / "lab"
-    root = directory / "sockact-9" / "root"
-    root.mkdir(parents=True)
+    directory, root = _a_hosts_root(tmp_path)
     # blocks on its stdin, so it never execs: the moment before the exec, held open
     cmd = ["sh", "-c", 'read _; exec "$@"', "sh", "systemd-nspawn", "-D", str(root), "-b"]
     wrapper = subprocess.Popen(cmd, stdin=subprocess.PIPE)

@@ -858,7 +858,7 @@ class Lab:
         say(f"waiting for what a killed run left running: {names}")
         deadline = time.monotonic() + HELPER_TIMEOUT
         while time.monotonic() < deadline:
-            if not any(_alive(p) for p in _helpers_under(self.directory)):
+            if not _helpers_under(self.directory):  # an exited one has no command line
                 return
             time.sleep(0.1)
         _kill_until_gone(lambda: _helpers_under(self.directory), str(self.directory), "lab", say)
