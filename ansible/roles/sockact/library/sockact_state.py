@@ -379,7 +379,7 @@ def plan(
     )
     new, old = decided["new"], decided["old"]
     decided["instances"] = instances_of(new, count, offsets)
-    decided["config_id"] = config_id(expected_config or {}, decided["instances"])
+    decided["config_id"] = configs[new]  # the new color's instances: decided["instances"]
     kept = canary_kept(
         intent, target, decided["config_id"], [units.get(i, {}) for i in decided["instances"]]
     )
